@@ -1,0 +1,131 @@
+// CPU implementation of the spnas ops: the (C, 25) superkernel part in double
+// (superkernel.h), the per-pixel work in the vectorized kernels of masked_dwconv_kernel.h,
+// compiled per instruction set and chosen once at run time.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../masked_dwconv.h"
+#include "../superkernel.h"
+
+namespace spnas::cpu {
+
+#define SPNAS_DECLARE_KERNELS(ISA)                                                            \
+  namespace ISA {                                                                             \
+  void forward(const at::Tensor& x, at::Tensor& y, int64_t stride, const double* w_eff);      \
+  void backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, int64_t stride,    \
+                const double* w_eff, double* g_eff);                                          \
+  }
+SPNAS_DECLARE_KERNELS(DEFAULT)
+#ifdef SPNAS_HAVE_AVX2
+SPNAS_DECLARE_KERNELS(AVX2)
+#endif
+#ifdef SPNAS_HAVE_AVX512
+SPNAS_DECLARE_KERNELS(AVX512)
+#endif
+
+namespace {
+
+struct Kernels {
+  const char* name;
+  decltype(&DEFAULT::forward) forward;
+  decltype(&DEFAULT::backward) backward;
+};
+
+// The best instruction set this processor has, unless ATEN_CPU_CAPABILITY (PyTorch's own
+// switch) asks for a lower one.
+Kernels select_kernels() {
+  const char* env = std::getenv("ATEN_CPU_CAPABILITY");
+  const std::string wanted = env ? env : "";
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+#ifdef SPNAS_HAVE_AVX512
+  if ((wanted.empty() || wanted == "avx512") && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
+    return {"avx512", &AVX512::forward, &AVX512::backward};
+#endif
+#ifdef SPNAS_HAVE_AVX2
+  if ((wanted.empty() || wanted == "avx512" || wanted == "avx2") &&
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return {"avx2", &AVX2::forward, &AVX2::backward};
+#endif
+#endif
+  return {"default", &DEFAULT::forward, &DEFAULT::backward};
+}
+
+const Kernels& kernels() {
+  static const Kernels k = select_kernels();
+  return k;
+}
+
+std::vector<double> to_double_vector(const at::Tensor& t) {
+  const at::Tensor d = t.detach().to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+Superkernel make_superkernel(const at::Tensor& weight, const at::Tensor& thresholds,
+                             const at::Tensor& scale, bool skippable) {
+  const std::vector<double> t = to_double_vector(thresholds), r = to_double_vector(scale);
+  return Superkernel(to_double_vector(weight), weight.size(0), t.data(), r.data(), skippable);
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_dwconv_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                     const at::Tensor& thresholds,
+                                                     const at::Tensor& scale, int64_t stride,
+                                                     bool skippable) {
+  check_inputs(x, weight, thresholds, scale, stride);
+  const Superkernel sk = make_superkernel(weight, thresholds, scale, skippable);
+  at::Tensor y = at::empty({x.size(0), x.size(1), output_size(x.size(2), stride),
+                            output_size(x.size(3), stride)},
+                           x.options().memory_format(output_memory_format(x)));
+  if (y.numel() > 0) kernels().forward(x, y, stride, sk.w_eff.data());
+  at::Tensor d = at::tensor(std::vector<double>(sk.d, sk.d + 3), at::kDouble)
+                     .to(thresholds.scalar_type());
+  return {y, d};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& grad_d, const at::Tensor& x,
+    const at::Tensor& weight, const at::Tensor& thresholds, const at::Tensor& scale,
+    int64_t stride, bool skippable) {
+  check_inputs(x, weight, thresholds, scale, stride);
+  const std::vector<int64_t> y_shape{x.size(0), x.size(1), output_size(x.size(2), stride),
+                                     output_size(x.size(3), stride)};
+  TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(y_shape), "masked_dwconv_backward: grad_y must have shape ",
+              at::IntArrayRef(y_shape), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
+              "masked_dwconv_backward: grad_y dtype must match x");
+  TORCH_CHECK(grad_d.numel() == 3, "masked_dwconv_backward: grad_d must have 3 elements");
+  const Superkernel sk = make_superkernel(weight, thresholds, scale, skippable);
+  at::Tensor dx = at::empty_like(x, x.options().memory_format(output_memory_format(x)));
+  std::vector<double> g_eff(sk.w.size(), 0.0);
+  if (x.numel() > 0) kernels().backward(grad_y, x, dx, stride, sk.w_eff.data(), g_eff.data());
+  const std::vector<double> g_d = to_double_vector(grad_d);
+  std::vector<double> g_w;
+  double g_t[3];
+  sk.backward(g_eff, g_d.data(), g_w, g_t);
+  at::Tensor dw = at::tensor(g_w, at::kDouble).view(weight.sizes()).to(weight.scalar_type());
+  at::Tensor dt = at::tensor(std::vector<double>(g_t, g_t + 3), at::kDouble)
+                      .to(thresholds.scalar_type());
+  return {dx, dw, dt};
+}
+
+std::string cpu_capability() { return kernels().name; }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spnas, CPU, m) {
+  m.impl("masked_dwconv", &masked_dwconv_cpu);
+  m.impl("masked_dwconv_backward", &masked_dwconv_backward_cpu);
+}
+
+// Which instruction set the CPU kernels run with here ("default", "avx2" or "avx512").
+TORCH_LIBRARY_FRAGMENT(spnas, m) { m.def("cpu_capability() -> str", &cpu_capability); }
+
+}  // namespace spnas::cpu
