@@ -21,7 +21,10 @@ BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
 
 def _triton_available() -> bool:
-    from . import triton_op  # noqa: F401  (imports triton lazily inside)
+    try:
+        from . import triton_op  # imports triton itself lazily
+    except ImportError:
+        return False
     return triton_op.is_available()
 
 
@@ -29,31 +32,32 @@ def available_backends() -> list[str]:
     """The backends usable here: "reference" always; "cpu"/"cuda" if compiled in; "triton" if
     Triton imports and can run (a CUDA device, or TRITON_INTERPRET=1 on the CPU)."""
     names = ["reference", *compiled_backends()]
-    try:
-        if _triton_available():
-            names.append("triton")
-    except ImportError:
-        pass
+    if _triton_available():
+        names.append("triton")
     return names
 
 
 def _resolve(backend: str, x: torch.Tensor) -> str:
+    # Written so that torch.compile traces it without graph breaks: Triton is looked at only
+    # when it can be the answer.
     if backend not in BACKENDS:
         raise ValueError(f"masked_dwconv: backend must be one of {BACKENDS}, got {backend!r}")
-    have = available_backends()
+    compiled = compiled_backends()
     if backend == "auto":
         if x.device.type == "cuda":
-            backend = next((b for b in ("cuda", "triton") if b in have), "reference")
-        elif x.device.type == "cpu" and "cpu" in have:
-            backend = "cpu"
-        else:
-            backend = "reference"
+            if "cuda" in compiled:
+                return "cuda"
+            return "triton" if _triton_available() else "reference"
+        return "cpu" if x.device.type == "cpu" and "cpu" in compiled else "reference"
+    if backend == "reference":
         return backend
-    if backend not in have:
+    if backend in ("cpu", "cuda") and backend not in compiled or (
+            backend == "triton" and not _triton_available()):
         raise RuntimeError(f"masked_dwconv: backend {backend!r} is not available in this build "
-                           f"(available: {have})")
-    wanted = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}.get(backend)
-    if wanted and x.device.type != wanted and not (backend == "triton" and x.device.type == "cpu"):
+                           f"(available: {available_backends()})")
+    wanted = "cuda" if backend == "triton" else backend
+    interpreted = backend == "triton" and x.device.type == "cpu"  # TRITON_INTERPRET=1
+    if x.device.type != wanted and not interpreted:
         raise ValueError(f"masked_dwconv: backend {backend!r} needs x on a {wanted} device, "
                          f"got x on {x.device}")
     return backend

@@ -49,8 +49,8 @@ if _LOADED:
     @torch.library.register_fake("spnas::masked_dwconv")
     def _(x, weight, thresholds, scale, stride, skippable):
         n, c, h, w = x.shape
-        y = x.new_empty((n, c, _output_size(h, stride), _output_size(w, stride)),
-                        memory_format=_memory_format(x))
+        y = torch.empty((n, c, _output_size(h, stride), _output_size(w, stride)),
+                        dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
         return y, thresholds.new_empty(3)
 
     @torch.library.register_fake("spnas::masked_dwconv_backward")

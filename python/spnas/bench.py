@@ -1,0 +1,177 @@
+"""`spnas bench`: the superkernel op against its baselines, side by side in one run.
+
+For each supernet stage shape and memory format it times, interleaved round by round so that
+machine noise hits every contender alike:
+  * the fused op (`backend`, default the best compiled one here),
+  * the reference oracle (eager PyTorch autograd of the formulas),
+  * plain `F.conv2d` depthwise with a fixed 5x5 weight (what an unmasked network pays),
+forward only and forward+backward, and reports medians and the ratios ours/baseline.
+`--memory` adds the peak memory of one forward+backward of each (torch allocations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+
+import torch
+import torch.nn.functional as F
+
+import spnas_ops
+
+# The five searchable stages of the mnasnet space at 224 px: (N, C, H, stride), C = 6 * C_in
+# of each stage's first (largest) superkernel.
+STAGE_SHAPES = [(32, 96, 112, 2), (32, 144, 56, 1), (32, 240, 28, 1), (32, 480, 14, 1),
+                (32, 1152, 7, 1)]
+CONTENDERS = ("ours", "reference", "conv2d")
+
+
+def make_inputs(shape, channels_last, dtype=torch.float32, seed=0):
+    n, c, h, stride = shape
+    g = torch.Generator().manual_seed(seed)
+    # Drawn in place, in its final layout: no input-sized temporary raises the memory peak.
+    x = torch.empty(n, c, h, h, dtype=dtype,
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x.normal_(generator=g)
+    weight = torch.randn(c, 1, 5, 5, generator=g, dtype=dtype) * 0.1
+    return x, weight, torch.zeros(3, dtype=dtype), stride
+
+
+def step(contender, x, weight, thresholds, stride, backward, backend):
+    """One forward (and backward) of a contender; returns nothing, it is timed."""
+    with torch.set_grad_enabled(backward):
+        xg = x.requires_grad_(backward)
+        wg = weight.requires_grad_(backward)
+        tg = thresholds.requires_grad_(backward)
+        if contender == "conv2d":
+            y = F.conv2d(xg, wg, stride=stride, padding=2, groups=x.shape[1])
+        else:
+            y, _ = spnas_ops.masked_dwconv(
+                xg, wg, tg, stride=stride,
+                backend=backend if contender == "ours" else "reference")
+        if backward:
+            y.backward(torch.ones_like(y))
+            for t in (xg, wg, tg):
+                t.grad = None
+
+
+def time_shape(shape, channels_last, backend, repeats, warmup=1):
+    """Median seconds per contender and pass, measured round-robin."""
+    x, weight, thresholds, stride = make_inputs(shape, channels_last)
+    times = {(c, b): [] for c in CONTENDERS for b in (False, True)}
+    for r in range(warmup + repeats):
+        for (contender, backward), samples in times.items():
+            start = time.perf_counter()
+            step(contender, x, weight, thresholds, stride, backward, backend)
+            elapsed = time.perf_counter() - start
+            if r >= warmup:
+                samples.append(elapsed)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_memory_mib(shape, channels_last, contender, backend):
+    """Peak of the bytes held by torch's allocator during one forward+backward, above what
+    was held before (from the profiler's allocation events). Thread-local scratch of the
+    compiled kernels (O(threads x channel block x plane), never activation-sized) is not
+    counted."""
+    x, weight, thresholds, stride = make_inputs(shape, channels_last)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        step(contender, x, weight, thresholds, stride, True, backend)
+    # Each event's own net allocation, in time order ("[memory]" events are allocations
+    # outside any op): the running sum is what torch holds.
+    held = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        held += e.self_cpu_memory_usage
+        peak = max(peak, held)
+    return peak / 2**20
+
+
+def run(shapes, layouts, backend, repeats, memory, progress=True):
+    rows = []
+    for channels_last in layouts:
+        for shape in shapes:
+            if progress:
+                print(f"  timing {shape} {'channels_last' if channels_last else 'NCHW'} ...",
+                      file=sys.stderr, flush=True)
+            t = time_shape(shape, channels_last, backend, repeats)
+            row = {"shape": list(shape), "channels_last": channels_last,
+                   "seconds": {f"{c}/{'fwd+bwd' if b else 'fwd'}": v for (c, b), v in t.items()}}
+            if memory:
+                row["peak_mib"] = {c: peak_memory_mib(shape, channels_last, c, backend)
+                                   for c in CONTENDERS}
+            rows.append(row)
+    return rows
+
+
+def markdown(rows, backend, threads, memory):
+    s = lambda r, k: r["seconds"][k]  # noqa: E731
+    head = ("| shape (N,C,H,s) | layout | fwd+bwd ms: ours / reference / conv2d "
+            "| speed-up vs reference | vs conv2d | fwd speed-up vs reference | vs conv2d |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    if memory:
+        lines[0] += " peak MiB fwd+bwd: ours / reference / conv2d |"
+        lines[1] += "---|"
+    for r in rows:
+        ours, ref, conv = (s(r, f"{c}/fwd+bwd") for c in CONTENDERS)
+        line = (f"| {tuple(r['shape'])} | {'channels_last' if r['channels_last'] else 'NCHW'} "
+                f"| {ours * 1e3:.1f} / {ref * 1e3:.1f} / {conv * 1e3:.1f} "
+                f"| {ref / ours:.2f}x | {conv / ours:.2f}x "
+                f"| {s(r, 'reference/fwd') / s(r, 'ours/fwd'):.2f}x "
+                f"| {s(r, 'conv2d/fwd') / s(r, 'ours/fwd'):.2f}x |")
+        if memory:
+            m = r["peak_mib"]
+            line += f" {m['ours']:.0f} / {m['reference']:.0f} / {m['conv2d']:.0f} |"
+        lines.append(line)
+    cpu = platform.processor() or platform.machine()
+    lines.append("")
+    lines.append(f"{date.today()}, {cpu}, {threads} threads, torch {torch.__version__}, "
+                 f"backend {backend!r}, fp32, medians of interleaved repeats.")
+    return "\n".join(lines)
+
+
+def default_backend():
+    have = spnas_ops.available_backends()
+    return next((b for b in ("cpu", "cuda", "triton") if b in have), "reference")
+
+
+def main(args) -> int:
+    if args.backend not in spnas_ops.available_backends():
+        print(f"spnas bench: backend {args.backend!r} is not available here "
+              f"(available: {spnas_ops.available_backends()})", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = STAGE_SHAPES if args.batch is None else [(args.batch, *s[1:]) for s in STAGE_SHAPES]
+    if args.shapes:
+        shapes = [shapes[i] for i in args.shapes]
+    layouts = {"nchw": [False], "channels_last": [True], "both": [False, True]}[args.layout]
+    rows = run(shapes, layouts, args.backend, args.repeats, args.memory)
+    print(markdown(rows, args.backend, torch.get_num_threads(), args.memory))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time the superkernel op against the reference and plain conv2d",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", default=default_backend(),
+                   help="op backend to time as 'ours' (default: %(default)s)")
+    p.add_argument("--layout", choices=["nchw", "channels_last", "both"], default="both")
+    p.add_argument("--shapes", type=int, nargs="+", metavar="I",
+                   help="indices into the five stage shapes (default: all)")
+    p.add_argument("--batch", type=int, help="batch size instead of 32")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure the peak memory of fwd+bwd")
+    p.add_argument("--json", metavar="FILE", help="write the raw figures here")
+    p.set_defaults(func=main)

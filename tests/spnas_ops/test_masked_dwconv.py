@@ -1,0 +1,293 @@
+"""The compiled CPU superkernel op against the reference oracle (outputs and every gradient)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import spnas_ops
+from spnas_ops import reference
+
+pytestmark = pytest.mark.skipif("cpu" not in spnas_ops.available_backends(),
+                                reason="spnas_ops was built without its CPU kernels")
+
+SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
+    (2, 6, 7, 9),
+    (1, 4, 1, 1),
+    (3, 8, 2, 3),
+    (2, 10, 13, 5),
+    (1, 6, 20, 37),
+    (2, 34, 6, 6),  # more channels than one channels_last block
+]
+
+
+def norms(weight):
+    """(||w*M5||, ||w1[hi]||, ||w1[lo]||) with all decisions on, as the formulas define them."""
+    c = weight.shape[0]
+    w = weight.reshape(c, 5, 5).double()
+    m3 = reference.inner_mask(dtype=torch.float64)
+    return (torch.linalg.vector_norm(w * (1 - m3)).item(),
+            torch.linalg.vector_norm(w[c // 2:]).item(),
+            torch.linalg.vector_norm(w[: c // 2]).item())
+
+
+def thresholds_for(weight, on, dtype):
+    """Thresholds 10% below (decision on) or 10% above (off) each norm: the decisions flip
+    without sitting on the step, where rounding could decide either way."""
+    n5, n_hi, n_lo = norms(weight)
+    # Once d_kernel is off, the hi/lo norms shrink to their inner taps: measure those.
+    if not on[0]:
+        c = weight.shape[0]
+        inner = weight.reshape(c, 5, 5).double() * reference.inner_mask(dtype=torch.float64)
+        n_hi = torch.linalg.vector_norm(inner[c // 2:]).item()
+        n_lo = torch.linalg.vector_norm(inner[: c // 2]).item()
+    t = [n * (0.9 if o else 1.1) for n, o in zip((n5, n_hi, n_lo), on)]
+    return torch.tensor(t, dtype=dtype)
+
+
+def run(backend, x, weight, thresholds, scale, stride, skippable, grad_y, grad_d):
+    x = x.detach().clone().requires_grad_()
+    weight = weight.detach().clone().requires_grad_()
+    thresholds = thresholds.detach().clone().requires_grad_()
+    y, d = spnas_ops.masked_dwconv(x, weight, thresholds, stride=stride, skippable=skippable,
+                                   scale=scale, backend=backend)
+    torch.autograd.backward([y, d], [grad_y, grad_d])
+    return {"y": y.detach(), "d": d.detach(), "x.grad": x.grad, "weight.grad": weight.grad,
+            "thresholds.grad": thresholds.grad}, y
+
+
+def assert_close_to_reference(got, want, rtol):
+    for name in want:
+        scale = max(want[name].abs().max().item(), 1e-30)
+        err = (got[name].double() - want[name].double()).abs().max().item() if want[name].numel() else 0
+        assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} x {scale:.3g}"
+
+
+def case(shape, stride, channels_last, dtype, decisions, skippable, with_scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, 5, 5, generator=g, dtype=dtype)
+    thresholds = thresholds_for(weight, decisions, dtype)
+    scale = None
+    if with_scale:  # indicator dropout: each decision dropped (0) or kept and scaled by 1/0.6
+        scale = (torch.rand(3, generator=g) < 0.6).to(dtype) / 0.6
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    grad_y = torch.randn(n, c, ho, wo, generator=g, dtype=dtype)
+    grad_d = torch.randn(3, generator=g, dtype=dtype)
+    return x, weight, thresholds, scale, grad_y, grad_d
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_matches_reference(shape, stride, channels_last, dtype):
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    seed = hash((shape, stride, channels_last)) % 1000
+    # Every decision on and off in turn, skippable or not, with and without indicator dropout.
+    for i, (decisions, skippable, with_scale) in enumerate([
+            ((True, True, True), True, False),
+            ((False, True, True), True, True),
+            ((True, False, True), True, False),
+            ((True, True, False), True, False),
+            ((False, False, True), False, True),
+            ((True, True, False), False, False)]):
+        x, weight, t, scale, grad_y, grad_d = case(shape, stride, channels_last, dtype, decisions,
+                                                   skippable, with_scale, seed + i)
+        want, _ = run("reference", x, weight, t, scale, stride, skippable, grad_y, grad_d)
+        got, y = run("cpu", x, weight, t, scale, stride, skippable, grad_y, grad_d)
+        assert y.shape == want["y"].shape
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last
+                               else torch.contiguous_format)
+        assert torch.equal(got["d"], want["d"]), (got["d"], want["d"])
+        assert_close_to_reference(got, want, rtol)
+
+
+def test_decisions_select_the_candidate_op():
+    """d_kernel off gives exactly a 3x3 conv; d_expand off zeroes the hi half; d_keep off all."""
+    x, weight, _, _, _, _ = case((2, 8, 9, 9), 1, False, torch.float64, (True,) * 3, True, False, 0)
+    w3 = weight * reference.inner_mask(dtype=torch.float64)
+    t = thresholds_for(weight, (False, True, True), torch.float64)
+    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu")
+    assert d.tolist() == [0.0, 1.0, 1.0]
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w3, padding=2, groups=8))
+    t = thresholds_for(weight, (True, False, True), torch.float64)
+    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu")
+    assert d.tolist() == [1.0, 0.0, 1.0] and y[:, 4:].abs().max() == 0 and y[:, :4].abs().max() > 0
+    t = thresholds_for(weight, (True, True, False), torch.float64)
+    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu")
+    assert d.tolist() == [1.0, 1.0, 0.0] and y.abs().max() == 0
+    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu", skippable=False)
+    assert d[2].item() == 1.0 and y.abs().max() > 0
+
+
+def test_only_decisions_used():
+    """A latency loss alone (gradient through d only) reaches weight and thresholds."""
+    x, weight, t, _, _, grad_d = case((2, 6, 5, 5), 1, False, torch.float64, (True,) * 3, True, False, 3)
+    grads = []
+    for backend in ("reference", "cpu"):
+        w = weight.clone().requires_grad_()
+        tt = t.clone().requires_grad_()
+        _, d = spnas_ops.masked_dwconv(x, w, tt, backend=backend)
+        (d * grad_d).sum().backward()
+        grads.append((w.grad, tt.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1])
+    assert grads[1][1].abs().min() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_error_within_twice_pytorch(dtype):
+    """Low precision, judged as flash-attention does: our error against an fp32 reference is at
+    most twice PyTorch's own error (the reference run in the same low precision) plus a floor."""
+    x, weight, t, _, grad_y, grad_d = case((2, 16, 12, 12), 1, True, torch.float32, (True,) * 3,
+                                           True, False, 7)
+    want, _ = run("reference", x, weight, t, None, 1, True, grad_y, grad_d)
+    low = [v.to(dtype) for v in (x, weight, t, grad_y, grad_d)]
+    theirs, _ = run("reference", low[0], low[1], low[2], None, 1, True, low[3], low[4])
+    ours, _ = run("cpu", low[0], low[1], low[2], None, 1, True, low[3], low[4])
+    for name in ("y", "x.grad", "weight.grad"):
+        ref_err = (theirs[name].double() - want[name].double()).abs().max().item()
+        our_err = (ours[name].double() - want[name].double()).abs().max().item()
+        floor = 1e-3 * want[name].abs().max().item()
+        assert our_err <= 2 * ref_err + floor, f"{name}: {our_err:.3g} vs PyTorch {ref_err:.3g}"
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 6, 8, 8, requires_grad=True)
+    weight = torch.randn(6, 1, 5, 5, requires_grad=True)
+    t = torch.zeros(3, requires_grad=True)
+    y, d = spnas_ops.masked_dwconv(x, weight, t, stride=2, backend="cpu")
+    assert y.shape == (0, 6, 4, 4)
+    (y.sum() + d.sum()).backward()
+    assert x.grad.shape == x.shape and t.grad.abs().sum() > 0
+
+
+def test_backward_is_deterministic():
+    x, weight, t, _, grad_y, grad_d = case((4, 32, 15, 15), 2, True, torch.float32, (True,) * 3,
+                                           True, False, 11)
+    a, _ = run("cpu", x, weight, t, None, 2, True, grad_y, grad_d)
+    b, _ = run("cpu", x, weight, t, None, 2, True, grad_y, grad_d)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_opcheck():
+    for stride, channels_last in ((1, False), (2, True)):
+        x, weight, t, _, _, _ = case((2, 6, 7, 8), stride, channels_last, torch.float32,
+                                     (True, False, True), True, False, 5)
+        args = (x.requires_grad_(), weight.requires_grad_(), t.requires_grad_(),
+                torch.ones(3), stride, True)
+        torch.library.opcheck(torch.ops.spnas.masked_dwconv.default, args)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gradcheck_float64(stride):
+    """Numerical gradients of x and weight, with every threshold far from its norm: there the
+    straight-through terms vanish (sigmoid'(z) underflows) and the op is a plain function of
+    x and weight. Threshold gradients are straight-through by definition and are checked
+    against the oracle above instead."""
+    g = torch.Generator().manual_seed(stride)
+    x = torch.randn(2, 4, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 1, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    for t in ([-1e3, -1e3, -1e3], [1e3, -1e3, -1e3]):
+        t = torch.tensor(t, dtype=torch.float64)
+        fn = lambda x, w: spnas_ops.masked_dwconv(x, w, t, stride=stride, backend="cpu")[0]  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, weight))
+
+
+def test_torch_compile_fullgraph():
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(8, 1, 5, 5))
+            self.thresholds = torch.nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            y, d = spnas_ops.masked_dwconv(x, self.weight, self.thresholds, stride=2, backend="cpu")
+            return y.relu().mean() + d.sum()
+
+    torch.manual_seed(0)
+    layer = Layer()
+    x = torch.randn(2, 8, 9, 9)
+    compiled = torch.compile(layer, fullgraph=True)
+    want = layer(x)
+    want.backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    got = compiled(x)
+    got.backward()
+    torch.testing.assert_close(got, want)
+    for p, g in zip(layer.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_instruction_sets(capability):
+    """Every compiled instruction set this processor runs gives the reference result."""
+    code = (
+        "import torch, spnas_ops\n"
+        "print(torch.ops.spnas.cpu_capability())\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for cl, s in ((False, 1), (True, 2)):\n"
+        "    x = torch.randn(2, 20, 11, 13, generator=g, dtype=torch.float64)\n"
+        "    x = x.to(memory_format=torch.channels_last) if cl else x\n"
+        "    x.requires_grad_()\n"
+        "    w = torch.randn(20, 1, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)\n"
+        "    t = torch.zeros(3, dtype=torch.float64, requires_grad=True)\n"
+        "    out = []\n"
+        "    for b in ('reference', 'cpu'):\n"
+        "        y, d = spnas_ops.masked_dwconv(x, w, t, stride=s, backend=b)\n"
+        "        out.append(torch.autograd.grad((y * y).sum() + d.sum(), (x, w, t)) + (y,))\n"
+        "    for a, b in zip(*out):\n"
+        "        torch.testing.assert_close(a, b)\n")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    have = proc.stdout.strip()
+    if capability == "avx2" and have != "avx2":
+        pytest.skip(f"this processor runs {have}, not avx2")
+    assert have == capability
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(x=torch.randn(6, 5, 5)), "x must be 4-D"),
+    (dict(x=torch.randn(1, 5, 5, 5), weight=torch.randn(5, 1, 5, 5)), "even number of channels"),
+    (dict(weight=torch.randn(6, 1, 3, 3)), "weight must have shape (C, 1, 5, 5)"),
+    (dict(weight=torch.randn(4, 1, 5, 5)), "weight has 4 channels but x has C=6"),
+    (dict(thresholds=torch.zeros(2)), "thresholds must have shape (3,)"),
+    (dict(thresholds=torch.zeros(3, dtype=torch.float64)), "thresholds dtype"),
+    (dict(scale=torch.ones(4)), "scale must have shape (3,)"),
+    (dict(stride=3), "stride must be 1 or 2"),
+    (dict(x=torch.randn(1, 6, 5, 5).int()), "x must be float32"),
+    (dict(backend="gpu"), "backend must be one of"),
+    (dict(thresholds=[0.0, 0.0, 0.0]), "thresholds must be a torch.Tensor"),
+])
+def test_bad_input_names_the_argument(kwargs, message):
+    args = dict(x=torch.randn(1, 6, 5, 5), weight=torch.randn(6, 1, 5, 5),
+                thresholds=torch.zeros(3), backend="cpu")
+    args.update(kwargs)
+    x, weight, thresholds = args.pop("x"), args.pop("weight"), args.pop("thresholds")
+    with pytest.raises((ValueError, TypeError, RuntimeError)) as info:
+        spnas_ops.masked_dwconv(x, weight, thresholds, **args)
+    assert message in str(info.value)
+
+
+def test_compiled_op_checks_its_arguments_too():
+    with pytest.raises(RuntimeError, match="stride must be 1 or 2"):
+        torch.ops.spnas.masked_dwconv(torch.randn(1, 6, 5, 5), torch.randn(6, 1, 5, 5),
+                                      torch.zeros(3), torch.ones(3), 3, True)
+
+
+def test_torch_version_mismatch_is_a_clear_import_error():
+    code = ("import torch\n"
+            "torch.__version__ = '0.0.0'\n"
+            "import spnas_ops\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "was compiled against torch" in proc.stderr and "Rebuild it" in proc.stderr
