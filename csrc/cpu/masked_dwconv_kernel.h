@@ -83,23 +83,23 @@ void unpack_row(const acc_t* row, int64_t W, int64_t h, const PlaneBlock<scalar_
   }
 }
 
-// One tap of a row sum: pixel p of the output row reads src + (p * step) * kBlock and
-// multiplies it lane by lane with the kBlock weights at w.
+// One tap of a row sum: pixel p of the output row reads src + p * kBlock and multiplies it
+// lane by lane with the kBlock weights at w.
 template <typename acc_t>
 struct Tap {
   const acc_t* src;
   const acc_t* w;
 };
 
-// out[p] = sum_t w_t * src_t[p * step] for p in [0, pixels), kBlock lanes each; out pixels
-// are out_step pixels apart. Four pixels at a time keep 4 x (kBlock / lanes) accumulators
-// in registers, and each weight vector loaded serves four pixels.
+// out[p] = sum_t w_t * src_t[p] for p in [0, pixels), kBlock lanes each, for any list of
+// taps (the stride-2 transposed convolution); out pixels are out_step pixels apart. Four
+// pixels at a time keep 4 x (kBlock / lanes) accumulators in registers, and each weight
+// vector loaded serves four pixels.
 template <typename acc_t>
-void row_sum(acc_t* out, int64_t out_step, int64_t pixels, int64_t step, const Tap<acc_t>* taps,
-             int ntaps) {
+void row_sum(acc_t* out, int64_t out_step, int64_t pixels, const Tap<acc_t>* taps, int ntaps) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = kBlock / Vec::size();
-  const int64_t s = step * kBlock;
+  constexpr int64_t s = kBlock;
   int64_t p = 0;
   for (; p + 4 <= pixels; p += 4) {
     Vec a0[V], a1[V], a2[V], a3[V];
@@ -135,24 +135,86 @@ void row_sum(acc_t* out, int64_t out_step, int64_t pixels, int64_t step, const T
 }
 
 // The effective weight of one channel block, tap-major: w[t * kBlock + c], zero past the
-// block's end; and the taps that are nonzero for some channel of the block.
+// block's end; the same rotated by 180 degrees (the transposed convolution's weight); the
+// taps that are nonzero for some channel of the block, and the kernel they span: 5 (5x5),
+// 3 (only the inner 3x3: d_kernel = 0) or 0 (all zero: a skipped layer, unused expansion).
 template <typename acc_t>
 struct BlockWeight {
   alignas(64) acc_t w[kTaps * kBlock];
+  alignas(64) acc_t flipped[kTaps * kBlock];
   int active[kTaps];
   int count = 0;
+  int kernel = 0;
   BlockWeight(const double* w_eff, int64_t nc) {
+    bool outer = false;
     for (int t = 0; t < kTaps; ++t) {
       bool any = false;
       for (int64_t c = 0; c < kBlock; ++c) {
         const double v = c < nc ? w_eff[c * kTaps + t] : 0.0;
-        w[t * kBlock + c] = static_cast<acc_t>(v);
+        w[t * kBlock + c] = flipped[(kTaps - 1 - t) * kBlock + c] = static_cast<acc_t>(v);
         any = any || v != 0;
       }
-      if (any) active[count++] = t;
+      if (any) {
+        active[count++] = t;
+        outer = outer || !is_inner_tap(t);
+      }
     }
+    kernel = count == 0 ? 0 : outer ? 5 : 3;
   }
 };
+
+// out[p] = sum_{kh, kw < K} w[kh][kw] * rows[kh][p * S + kw] (K = 3: the inner taps), kBlock
+// lanes per pixel, for a K x K kernel centred in the 5x5 one. Four output pixels at a time:
+// with the loops unrolled, neighbouring pixels share their input loads (pixel p + 1 with
+// tap kw - S reads what pixel p reads with tap kw), and each weight load serves all four.
+template <typename acc_t, int S, int K>
+void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t* w) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size(), V = kBlock / L;
+  constexpr int k0 = (5 - K) / 2;
+  int64_t p = 0;
+  for (; p + 4 <= pixels; p += 4) {
+    for (int64_t v = 0; v < V; ++v) {
+      Vec a0(0), a1(0), a2(0), a3(0);
+      for (int kh = k0; kh < k0 + K; ++kh) {
+        const acc_t* x = rows[kh] + p * S * kBlock + v * L;
+#pragma GCC unroll 5
+        for (int kw = k0; kw < k0 + K; ++kw) {
+          const Vec wv = Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L);
+          a0 = at::vec::fmadd(wv, Vec::loadu(x + kw * kBlock), a0);
+          a1 = at::vec::fmadd(wv, Vec::loadu(x + (S + kw) * kBlock), a1);
+          a2 = at::vec::fmadd(wv, Vec::loadu(x + (2 * S + kw) * kBlock), a2);
+          a3 = at::vec::fmadd(wv, Vec::loadu(x + (3 * S + kw) * kBlock), a3);
+        }
+      }
+      acc_t* o = out + p * kBlock + v * L;
+      a0.store(o);
+      a1.store(o + kBlock);
+      a2.store(o + 2 * kBlock);
+      a3.store(o + 3 * kBlock);
+    }
+  }
+  for (; p < pixels; ++p) {
+    for (int64_t v = 0; v < V; ++v) {
+      Vec a(0);
+      for (int kh = k0; kh < k0 + K; ++kh)
+        for (int kw = k0; kw < k0 + K; ++kw)
+          a = at::vec::fmadd(Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L),
+                             Vec::loadu(rows[kh] + (p * S + kw) * kBlock + v * L), a);
+      a.store(out + p * kBlock + v * L);
+    }
+  }
+}
+
+// dense_row for a run-time stride (1 or 2) and kernel extent (3 or 5).
+template <typename acc_t>
+void dense_row(int64_t stride, int kernel, acc_t* out, int64_t pixels, const acc_t* const* rows,
+               const acc_t* w) {
+  if (stride == 1)
+    (kernel == 5 ? dense_row<acc_t, 1, 5> : dense_row<acc_t, 1, 3>)(out, pixels, rows, w);
+  else
+    (kernel == 5 ? dense_row<acc_t, 2, 5> : dense_row<acc_t, 2, 3>)(out, pixels, rows, w);
+}
 
 inline int64_t output_size(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
 
@@ -162,13 +224,13 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = output_size(H, stride), Wo = output_size(W, stride);
   const int64_t blocks = (C + kBlock - 1) / kBlock, ld = W + 2 * kPad;
-  std::vector<BlockWeight<acc_t>> weights;
+  std::vector<BlockWeight<acc_t>> weights;  // (C / 16) x 2 x 25 x 16 values
   weights.reserve(blocks);
   for (int64_t b = 0; b < blocks; ++b)
     weights.emplace_back(w_eff + b * kBlock * kTaps, std::min(kBlock, C - b * kBlock));
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> X((H + 2 * kPad) * ld * kBlock, acc_t(0)), row(Wo * kBlock);
-    Tap<acc_t> taps[kTaps];
+    const acc_t* rows[5];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, b = task % blocks, c0 = b * kBlock;
       const int64_t nc = std::min(kBlock, C - c0);
@@ -177,37 +239,30 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
       if (bw.count > 0) pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, ld, X.data());
       else std::fill(row.begin(), row.end(), acc_t(0));  // a skipped layer: y = 0
       for (int64_t i = 0; i < Ho; ++i) {
-        for (int k = 0; k < bw.count; ++k) {
-          const int t = bw.active[k], kh = t / 5, kw = t % 5;
-          taps[k] = {X.data() + ((i * stride + kh) * ld + kw) * kBlock, bw.w + t * kBlock};
-        }
-        if (bw.count > 0) row_sum(row.data(), 1, Wo, stride, taps, bw.count);
+        for (int kh = 0; kh < 5; ++kh) rows[kh] = X.data() + (i * stride + kh) * ld * kBlock;
+        if (bw.kernel > 0) dense_row(stride, bw.kernel, row.data(), Wo, rows, bw.w);
         unpack_row(row.data(), Wo, i, out);
       }
     }
   });
 }
 
-template <typename acc_t>
-inline void add_lanes(const Vectorized<acc_t>& v, double* g) {
-  alignas(64) acc_t buf[Vectorized<acc_t>::size()];
-  v.store(buf);
-  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) g[i] += buf[i];
-}
-
 // g[t * kBlock + c] += sum_{i,j} dy[i][j][c] * X[i*stride + kh][j*stride + kw][c]: the gradient
 // of the effective weight for one packed block. Per output row and kernel row, the 5 taps'
-// accumulators stay in registers; their row sums are added in double.
+// accumulators stay in registers; the plane's sums are then added to g in double.
 template <typename acc_t>
 void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy_ld,
                        int64_t dy_pad, int64_t Ho, int64_t Wo, int64_t stride, double* g) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t L = Vec::size();
+  constexpr int64_t L = Vec::size(), V = kBlock / L;
+  Vec plane[kTaps][V];
+  for (int t = 0; t < kTaps; ++t)
+    for (int64_t v = 0; v < V; ++v) plane[t][v] = Vec(0);
   for (int64_t i = 0; i < Ho; ++i) {
     const acc_t* dy = DY + ((i + dy_pad) * dy_ld + dy_pad) * kBlock;
     for (int kh = 0; kh < 5; ++kh) {
       const acc_t* x = X + (i * stride + kh) * x_ld * kBlock;
-      for (int64_t v = 0; v < kBlock / L; ++v) {
+      for (int64_t v = 0; v < V; ++v) {
         Vec a[5];
         for (int kw = 0; kw < 5; ++kw) a[kw] = Vec(0);
         for (int64_t j = 0; j < Wo; ++j) {
@@ -215,9 +270,14 @@ void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy
           const acc_t* xj = x + j * stride * kBlock + v * L;
           for (int kw = 0; kw < 5; ++kw) a[kw] = at::vec::fmadd(d, Vec::loadu(xj + kw * kBlock), a[kw]);
         }
-        for (int kw = 0; kw < 5; ++kw) add_lanes(a[kw], g + (kh * 5 + kw) * kBlock + v * L);
+        for (int kw = 0; kw < 5; ++kw) plane[kh * 5 + kw][v] = plane[kh * 5 + kw][v] + a[kw];
       }
     }
+  }
+  alignas(64) acc_t lanes[kBlock];
+  for (int t = 0; t < kTaps; ++t) {
+    for (int64_t v = 0; v < V; ++v) plane[t][v].store(lanes + v * L);
+    for (int64_t c = 0; c < kBlock; ++c) g[t * kBlock + c] += lanes[c];
   }
 }
 
@@ -253,11 +313,10 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
             continue;
           }
           if (stride == 1) {
-            for (int k = 0; k < bw.count; ++k) {
-              const int t = bw.active[k], kh = t / 5, kw = t % 5;
-              taps[k] = {DY.data() + ((p + 4 - kh) * dy_ld + 4 - kw) * kBlock, bw.w + t * kBlock};
-            }
-            row_sum(row.data(), 1, W, 1, taps, bw.count);
+            // dx[p][q] = sum_{a,b} flipped[a][b] * DY[p + a][q + b]: a stride-1 convolution.
+            const acc_t* rows[5];
+            for (int a = 0; a < 5; ++a) rows[a] = DY.data() + (p + a) * dy_ld * kBlock;
+            dense_row(1, bw.kernel, row.data(), W, rows, bw.flipped);
           } else {
             // Stride 2: dx[p][2m + e] takes the taps with kh = p and kw = e (mod 2), from dy
             // row (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2 (DY offsets + 1).
@@ -274,7 +333,7 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
                 for (int64_t m = 0; m < pixels; ++m)
                   std::fill_n(row.data() + (2 * m + e) * kBlock, kBlock, acc_t(0));
               } else {
-                row_sum(row.data() + e * kBlock, 2, pixels, 1, taps, count);
+                row_sum(row.data() + e * kBlock, 2, pixels, taps, count);
               }
             }
           }
