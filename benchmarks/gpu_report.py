@@ -1,0 +1,266 @@
+"""GPU report for the superkernel op: correctness of every GPU backend, then timings.
+
+    python benchmarks/gpu_report.py [--quick] [--out results.json] [--device cuda|cpu]
+
+1. Checks: each GPU backend ("cuda", "triton") against the reference oracle on fresh random
+   inputs, forward and backward, with the output memory poisoned first (the caching allocator
+   hands back the blocks just filled with NaN, so an element the kernel never writes shows up
+   as NaN).
+2. Timings (CUDA events, warm-up, median over rotating inputs so that caches do not flatter)
+   of forward and forward+backward for the five stage shapes of the Single-Path search space
+   at batch 128, fp32 and bf16, NCHW and channels_last, against
+     * "reference": the eager PyTorch oracle;
+     * "conv2d": plain F.conv2d depthwise with a fixed 5x5 weight (what a fixed network pays);
+     * the memory floor: bytes that must move / device copy bandwidth, measured in this run
+       by a large tensor copy.
+Prints a markdown table (ours / reference, ours / floor) and writes every figure as JSON to
+--out (default $OUT/gpu_report.json when OUT is set).
+
+`--device cpu --quick` is a dry run of the same code path with the "cpu" backend (if built)
+and wall-clock timing, so the script can be exercised without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import spnas_ops
+
+# (N, C, H, stride) of the first searchable layer of each stage's depthwise conv (C = 6 * C_in).
+STAGES = [(128, 96, 112, 2), (128, 144, 56, 1), (128, 240, 28, 1), (128, 480, 14, 1),
+          (128, 1152, 7, 1)]
+QUICK_STAGES = [(8, 96, 28, 2), (8, 240, 14, 1)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def make_inputs(shape, dtype, layout, device, seed):
+    n, c, h, stride = shape
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(n, c, h, h, generator=g).to(device=device, dtype=dtype,
+                                                 memory_format=LAYOUTS[layout])
+    weight = (0.1 * torch.randn(c, 1, 5, 5, generator=g)).to(device=device, dtype=dtype)
+    # Thresholds below every norm: all decisions on (5x5-e6), the most work.
+    thresholds = torch.zeros(3, device=device, dtype=dtype)
+    ho = (h - 1) // stride + 1
+    grad_y = torch.randn(n, c, ho, ho, generator=g).to(device=device, dtype=dtype,
+                                                        memory_format=LAYOUTS[layout])
+    return x, weight, thresholds, grad_y
+
+
+def poison(device, nbytes_hint):
+    """Fill freed allocator blocks with NaN so that the next allocations start poisoned."""
+    if device != "cuda":
+        return
+    blocks = [torch.full((max(nbytes_hint // 4, 1),), float("nan"), device=device)
+              for _ in range(4)]
+    del blocks
+
+
+# --- correctness ----------------------------------------------------------------------------
+
+def run(backend, x, weight, thresholds, grad_y, stride, grad_d):
+    x, weight, thresholds = (t.detach().clone().requires_grad_() for t in (x, weight, thresholds))
+    y, d = spnas_ops.masked_dwconv(x, weight, thresholds, stride=stride, backend=backend)
+    torch.autograd.backward([y, d], [grad_y, grad_d])
+    return [y.detach(), d.detach(), x.grad, weight.grad, thresholds.grad]
+
+
+def check_backend(backend, device, shapes, seed=1234):
+    names = ("y", "d", "dx", "dweight", "dthresholds")
+    results = []
+    for i, shape in enumerate(shapes):
+        for layout in LAYOUTS:
+            for dtype_name, dtype in DTYPES.items():
+                x, w, t, gy = make_inputs(shape, dtype, layout, device, seed + i)
+                # Thresholds near the norms so that the decision gradients are not negligible.
+                t = torch.tensor([0.5, 0.5, 0.5], device=device, dtype=dtype)
+                grad_d = torch.randn(3, device=device, dtype=dtype)
+                exact = run("reference", *(a.float() for a in (x, w, t, gy)), shape[3],
+                            grad_d.float())
+                torch_lp = run("reference", x, w, t, gy, shape[3], grad_d)
+                poison(device, x.numel() * x.element_size())
+                ours = run(backend, x, w, t, gy, shape[3], grad_d)
+                for name, e, o, p in zip(names, exact, ours, torch_lp):
+                    nan = bool(torch.isnan(o).any())
+                    err = (o.float() - e).abs().max().item()
+                    err_torch = (p.float() - e).abs().max().item()
+                    scale = e.abs().max().item() or 1.0
+                    # fp32: relative error; bf16: the flash-attention rule (<= 2x PyTorch's own).
+                    ok = (not nan) and (err <= 2 * err_torch + 1e-3 * scale if dtype != torch.float32
+                                        else err <= 1e-4 * scale + 1e-5)
+                    results.append(dict(backend=backend, shape=list(shape), layout=layout,
+                                        dtype=dtype_name, output=name, max_error=err,
+                                        torch_error=err_torch, nan=nan, ok=ok))
+    return results
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+class Timer:
+    def __init__(self, device):
+        self.device = device
+
+    def __call__(self, fn, inputs, warmup, reps):
+        """Median seconds of fn(inputs[i % len]) over `reps` runs after `warmup` runs."""
+        for i in range(warmup):
+            fn(inputs[i % len(inputs)])
+        times = []
+        for i in range(reps):
+            args = inputs[i % len(inputs)]
+            if self.device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn(args)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn(args)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+def copy_bandwidth(device, timer, quick):
+    """Device copy bandwidth in bytes/s (read + write), from a large tensor copy."""
+    n = (1 << 24) if quick else (1 << 28)  # 64 MiB / 1 GiB of fp32
+    src = torch.empty(n, device=device)
+    dst = torch.empty_like(src)
+    seconds = timer(lambda _: dst.copy_(src), [None], warmup=3, reps=10)
+    return 2 * n * 4 / seconds
+
+
+def op_bytes(shape, dtype, backward):
+    """Bytes that must move: x read and y written; the backward reads x and dy and writes dx."""
+    n, c, h, stride = shape
+    ho = (h - 1) // stride + 1
+    x = n * c * h * h
+    y = n * c * ho * ho
+    size = torch.tensor([], dtype=dtype).element_size()
+    fwd = (x + y) * size
+    return fwd + (2 * x + y) * size if backward else fwd
+
+
+def time_shape(shape, dtype, layout, device, backends, timer, warmup, reps, rotate):
+    stride = shape[3]
+    sets = [make_inputs(shape, dtype, layout, device, seed) for seed in range(rotate)]
+    fixed = sets[0][1].detach().clone()
+    out = {}
+
+    def forward(backend):
+        def fn(a):
+            with torch.no_grad():
+                spnas_ops.masked_dwconv(a[0], a[1], a[2], stride=stride, backend=backend)
+        return fn
+
+    def forward_backward(backend):
+        grad_d = torch.ones(3, device=device, dtype=dtype)
+
+        def fn(a):
+            x, w, t = (v.detach().requires_grad_() for v in a[:3])
+            y, d = spnas_ops.masked_dwconv(x, w, t, stride=stride, backend=backend)
+            torch.autograd.backward([y, d], [a[3], grad_d])
+        return fn
+
+    def conv(backward):
+        def fn(a):
+            x = a[0].detach().requires_grad_(backward)
+            w = fixed.requires_grad_(backward)
+            with torch.set_grad_enabled(backward):
+                y = F.conv2d(x, w, stride=stride, padding=2, groups=x.shape[1])
+                if backward:
+                    y.backward(a[3])
+        return fn
+
+    for name in backends:
+        out[name] = {"fwd": timer(forward(name), sets, warmup, reps),
+                     "fwd_bwd": timer(forward_backward(name), sets, warmup, reps)}
+    out["conv2d"] = {"fwd": timer(conv(False), sets, warmup, reps),
+                     "fwd_bwd": timer(conv(True), sets, warmup, reps)}
+    return out
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--out", default=None, help="JSON results file "
+                        "(default: $OUT/gpu_report.json when OUT is set)")
+    args = parser.parse_args(argv)
+    out_path = args.out or (os.path.join(os.environ["OUT"], "gpu_report.json")
+                            if os.environ.get("OUT") else None)
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device; use --device cpu --quick for a dry run")
+
+    have = spnas_ops.available_backends()
+    backends = [b for b in (("cuda", "triton") if device == "cuda" else ("cpu",)) if b in have]
+    shapes = QUICK_STAGES if args.quick else STAGES
+    warmup, reps, rotate = (2, 5, 2) if args.quick else (10, 50, 4)
+    if device == "cpu":
+        shapes = [(2, c, h // 2, s) for (_, c, h, s) in QUICK_STAGES]
+    timer = Timer(device)
+
+    report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "torch": torch.__version__, "backends": backends, "quick": args.quick,
+              "checks": [], "timings": []}
+    check_shapes = [(2, c, min(h, 16), s) for (_, c, h, s) in shapes]
+    for backend in backends:
+        report["checks"] += check_backend(backend, device, check_shapes)
+    failed = [c for c in report["checks"] if not c["ok"]]
+
+    bandwidth = copy_bandwidth(device, timer, args.quick)
+    report["copy_bandwidth_bytes_per_s"] = bandwidth
+    for shape in shapes:
+        for dtype_name, dtype in DTYPES.items():
+            for layout in LAYOUTS:
+                times = time_shape(shape, dtype, layout, device, ["reference", *backends],
+                                   timer, warmup, reps, rotate)
+                floor = {"fwd": op_bytes(shape, dtype, False) / bandwidth,
+                         "fwd_bwd": op_bytes(shape, dtype, True) / bandwidth}
+                report["timings"].append(dict(shape=list(shape), dtype=dtype_name,
+                                              layout=layout, seconds=times, floor_seconds=floor))
+
+    print(f"# superkernel op on {report['device']}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    print(f"checks: {len(report['checks']) - len(failed)}/{len(report['checks'])} passed")
+    for c in failed:
+        print(f"  FAILED {c['backend']} {c['shape']} {c['layout']} {c['dtype']} {c['output']}: "
+              f"error {c['max_error']:.3g} (PyTorch {c['torch_error']:.3g}), NaN={c['nan']}")
+    print()
+    print("| N,C,H,s | dtype | layout | pass | " + " | ".join(
+        f"{b} ms | {b}/ref | {b}/floor" for b in backends) + " | conv2d ms | ref ms |")
+    print("|" + "---|" * (4 + 3 * len(backends) + 2))
+    for t in report["timings"]:
+        for kind in ("fwd", "fwd_bwd"):
+            sec, floor = t["seconds"], t["floor_seconds"][kind]
+            ref = sec["reference"][kind]
+            cells = []
+            for b in backends:
+                ours = sec[b][kind]
+                cells.append(f"{ours * 1e3:.3f} | {ours / ref:.2f} | {ours / floor:.2f}")
+            print(f"| {','.join(map(str, t['shape']))} | {t['dtype']} | {t['layout']} | {kind} | "
+                  + " | ".join(cells) + f" | {sec['conv2d'][kind] * 1e3:.3f} | {ref * 1e3:.3f} |")
+
+    if out_path:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        tmp = out_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, out_path)
+        print(f"\nfull figures: {out_path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
