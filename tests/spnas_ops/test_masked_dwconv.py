@@ -9,6 +9,7 @@ import torch
 
 import spnas_ops
 from spnas_ops import reference
+from superkernel_cases import NAMES, assert_low_precision_error, make_case, run_backend
 
 pytestmark = pytest.mark.skipif("cpu" not in spnas_ops.available_backends(),
                                 reason="spnas_ops was built without its CPU kernels")
@@ -23,63 +24,13 @@ SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
 ]
 
 
-def norms(weight):
-    """(||w*M5||, ||w1[hi]||, ||w1[lo]||) with all decisions on, as the formulas define them."""
-    c = weight.shape[0]
-    w = weight.reshape(c, 5, 5).double()
-    m3 = reference.inner_mask(dtype=torch.float64)
-    return (torch.linalg.vector_norm(w * (1 - m3)).item(),
-            torch.linalg.vector_norm(w[c // 2:]).item(),
-            torch.linalg.vector_norm(w[: c // 2]).item())
-
-
-def thresholds_for(weight, on, dtype):
-    """Thresholds 10% below (decision on) or 10% above (off) each norm: the decisions flip
-    without sitting on the step, where rounding could decide either way."""
-    n5, n_hi, n_lo = norms(weight)
-    # Once d_kernel is off, the hi/lo norms shrink to their inner taps: measure those.
-    if not on[0]:
-        c = weight.shape[0]
-        inner = weight.reshape(c, 5, 5).double() * reference.inner_mask(dtype=torch.float64)
-        n_hi = torch.linalg.vector_norm(inner[c // 2:]).item()
-        n_lo = torch.linalg.vector_norm(inner[: c // 2]).item()
-    t = [n * (0.9 if o else 1.1) for n, o in zip((n5, n_hi, n_lo), on)]
-    return torch.tensor(t, dtype=dtype)
-
-
-def run(backend, x, weight, thresholds, scale, stride, skippable, grad_y, grad_d):
-    x = x.detach().clone().requires_grad_()
-    weight = weight.detach().clone().requires_grad_()
-    thresholds = thresholds.detach().clone().requires_grad_()
-    y, d = spnas_ops.masked_dwconv(x, weight, thresholds, stride=stride, skippable=skippable,
-                                   scale=scale, backend=backend)
-    torch.autograd.backward([y, d], [grad_y, grad_d])
-    return {"y": y.detach(), "d": d.detach(), "x.grad": x.grad, "weight.grad": weight.grad,
-            "thresholds.grad": thresholds.grad}, y
-
-
-def assert_close_to_reference(got, want, rtol):
-    for name in want:
-        scale = max(want[name].abs().max().item(), 1e-30)
-        err = (got[name].double() - want[name].double()).abs().max().item() if want[name].numel() else 0
+def assert_within(got, want, rtol):
+    """The issue's bar: max error <= rtol x the largest magnitude, for every output/gradient."""
+    for name, a, b in zip(NAMES, got, want):
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        scale = max(b.abs().max().item(), 1e-30) if b.numel() else 0.0
+        err = (a.double() - b.double()).abs().max().item() if b.numel() else 0.0
         assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol} x {scale:.3g}"
-
-
-def case(shape, stride, channels_last, dtype, decisions, skippable, with_scale, seed):
-    g = torch.Generator().manual_seed(seed)
-    n, c, h, w = shape
-    x = torch.randn(shape, generator=g, dtype=dtype)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    weight = torch.randn(c, 1, 5, 5, generator=g, dtype=dtype)
-    thresholds = thresholds_for(weight, decisions, dtype)
-    scale = None
-    if with_scale:  # indicator dropout: each decision dropped (0) or kept and scaled by 1/0.6
-        scale = (torch.rand(3, generator=g) < 0.6).to(dtype) / 0.6
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    grad_y = torch.randn(n, c, ho, wo, generator=g, dtype=dtype)
-    grad_d = torch.randn(3, generator=g, dtype=dtype)
-    return x, weight, thresholds, scale, grad_y, grad_d
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -97,45 +48,47 @@ def test_matches_reference(shape, stride, channels_last, dtype):
             ((True, True, False), True, False),
             ((False, False, True), False, True),
             ((True, True, False), False, False)]):
-        x, weight, t, scale, grad_y, grad_d = case(shape, stride, channels_last, dtype, decisions,
-                                                   skippable, with_scale, seed + i)
-        want, _ = run("reference", x, weight, t, scale, stride, skippable, grad_y, grad_d)
-        got, y = run("cpu", x, weight, t, scale, stride, skippable, grad_y, grad_d)
-        assert y.shape == want["y"].shape
-        assert y.is_contiguous(memory_format=torch.channels_last if channels_last
-                               else torch.contiguous_format)
-        assert torch.equal(got["d"], want["d"]), (got["d"], want["d"])
-        assert_close_to_reference(got, want, rtol)
+        case = make_case(shape, stride=stride, channels_last=channels_last, dtype=dtype,
+                         decisions=decisions, skippable=skippable, with_scale=with_scale,
+                         seed=seed + i)
+        want = run_backend(case, "reference")
+        got = run_backend(case, "cpu")
+        assert got[0].is_contiguous(memory_format=torch.channels_last if channels_last
+                                    else torch.contiguous_format)
+        assert torch.equal(got[1], want[1]), (got[1], want[1])
+        assert_within(got, want, rtol)
 
 
 def test_decisions_select_the_candidate_op():
     """d_kernel off gives exactly a 3x3 conv; d_expand off zeroes the hi half; d_keep off all."""
-    x, weight, _, _, _, _ = case((2, 8, 9, 9), 1, False, torch.float64, (True,) * 3, True, False, 0)
-    w3 = weight * reference.inner_mask(dtype=torch.float64)
-    t = thresholds_for(weight, (False, True, True), torch.float64)
-    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu")
+    def run(decisions, skippable=True):
+        case = make_case((2, 8, 9, 9), dtype=torch.float64, decisions=decisions)
+        y, d = spnas_ops.masked_dwconv(case.x, case.weight, case.thresholds, backend="cpu",
+                                       skippable=skippable)
+        return case, y, d
+
+    case, y, d = run((False, True, True))
     assert d.tolist() == [0.0, 1.0, 1.0]
-    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w3, padding=2, groups=8))
-    t = thresholds_for(weight, (True, False, True), torch.float64)
-    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu")
+    w3 = case.weight * reference.inner_mask(dtype=torch.float64)
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(case.x, w3, padding=2, groups=8))
+    _, y, d = run((True, False, True))
     assert d.tolist() == [1.0, 0.0, 1.0] and y[:, 4:].abs().max() == 0 and y[:, :4].abs().max() > 0
-    t = thresholds_for(weight, (True, True, False), torch.float64)
-    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu")
+    _, y, d = run((True, True, False))
     assert d.tolist() == [1.0, 1.0, 0.0] and y.abs().max() == 0
-    y, d = spnas_ops.masked_dwconv(x, weight, t, backend="cpu", skippable=False)
+    _, y, d = run((True, True, False), skippable=False)
     assert d[2].item() == 1.0 and y.abs().max() > 0
 
 
 def test_only_decisions_used():
     """A latency loss alone (gradient through d only) reaches weight and thresholds."""
-    x, weight, t, _, _, grad_d = case((2, 6, 5, 5), 1, False, torch.float64, (True,) * 3, True, False, 3)
+    case = make_case((2, 6, 5, 5), dtype=torch.float64, seed=3)
     grads = []
     for backend in ("reference", "cpu"):
-        w = weight.clone().requires_grad_()
-        tt = t.clone().requires_grad_()
-        _, d = spnas_ops.masked_dwconv(x, w, tt, backend=backend)
-        (d * grad_d).sum().backward()
-        grads.append((w.grad, tt.grad))
+        w = case.weight.clone().requires_grad_()
+        t = case.thresholds.clone().requires_grad_()
+        _, d = spnas_ops.masked_dwconv(case.x, w, t, backend=backend)
+        (d * case.grad_d).sum().backward()
+        grads.append((w.grad, t.grad))
     torch.testing.assert_close(grads[1][0], grads[0][0])
     torch.testing.assert_close(grads[1][1], grads[0][1])
     assert grads[1][1].abs().min() > 0
@@ -143,19 +96,8 @@ def test_only_decisions_used():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_low_precision_error_within_twice_pytorch(dtype):
-    """Low precision, judged as flash-attention does: our error against an fp32 reference is at
-    most twice PyTorch's own error (the reference run in the same low precision) plus a floor."""
-    x, weight, t, _, grad_y, grad_d = case((2, 16, 12, 12), 1, True, torch.float32, (True,) * 3,
-                                           True, False, 7)
-    want, _ = run("reference", x, weight, t, None, 1, True, grad_y, grad_d)
-    low = [v.to(dtype) for v in (x, weight, t, grad_y, grad_d)]
-    theirs, _ = run("reference", low[0], low[1], low[2], None, 1, True, low[3], low[4])
-    ours, _ = run("cpu", low[0], low[1], low[2], None, 1, True, low[3], low[4])
-    for name in ("y", "x.grad", "weight.grad"):
-        ref_err = (theirs[name].double() - want[name].double()).abs().max().item()
-        our_err = (ours[name].double() - want[name].double()).abs().max().item()
-        floor = 1e-3 * want[name].abs().max().item()
-        assert our_err <= 2 * ref_err + floor, f"{name}: {our_err:.3g} vs PyTorch {ref_err:.3g}"
+    assert_low_precision_error(make_case((2, 16, 12, 12), channels_last=True, dtype=dtype,
+                                         seed=7), "cpu")
 
 
 def test_empty_batch():
@@ -169,20 +111,18 @@ def test_empty_batch():
 
 
 def test_backward_is_deterministic():
-    x, weight, t, _, grad_y, grad_d = case((4, 32, 15, 15), 2, True, torch.float32, (True,) * 3,
-                                           True, False, 11)
-    a, _ = run("cpu", x, weight, t, None, 2, True, grad_y, grad_d)
-    b, _ = run("cpu", x, weight, t, None, 2, True, grad_y, grad_d)
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    case = make_case((4, 32, 15, 15), stride=2, channels_last=True, seed=11)
+    a, b = run_backend(case, "cpu"), run_backend(case, "cpu")
+    for name, u, v in zip(NAMES, a, b):
+        assert torch.equal(u, v), name
 
 
 def test_opcheck():
     for stride, channels_last in ((1, False), (2, True)):
-        x, weight, t, _, _, _ = case((2, 6, 7, 8), stride, channels_last, torch.float32,
-                                     (True, False, True), True, False, 5)
-        args = (x.requires_grad_(), weight.requires_grad_(), t.requires_grad_(),
-                torch.ones(3), stride, True)
+        case = make_case((2, 6, 7, 8), stride=stride, channels_last=channels_last,
+                         decisions=(True, False, True), seed=5)
+        args = (case.x.requires_grad_(), case.weight.requires_grad_(),
+                case.thresholds.requires_grad_(), torch.ones(3), stride, True)
         torch.library.opcheck(torch.ops.spnas.masked_dwconv.default, args)
 
 
