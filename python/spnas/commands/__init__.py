@@ -1,0 +1,1 @@
+"""The subcommands of `spnas` that drive a search: search, derive, latency, plot."""

@@ -1,0 +1,88 @@
+"""`spnas search`: run the Single-Path NAS search (every knob of the authors' recipe is a flag)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..search import SearchConfig, run_search
+
+_D = SearchConfig()
+
+# (flag, config field, type, help). Defaults come from SearchConfig, the one source of truth.
+FLAGS = (
+    ("--data", "data", str, "image folder (ROOT/<class>/<images>, or ROOT/train + ROOT/val); "
+                            "default: scikit-learn's digits, no download"),
+    ("--image-size", "image_size", int, "input resolution in pixels"),
+    ("--val-fraction", "val_fraction", float, "held-out share when --data has no val/ folder"),
+    ("--workers", "workers", int, "data-loading worker processes"),
+    ("--space", "space", str, "search space: a name or a .json space file"),
+    ("--width-mult", "width_mult", float, "channel multiplier of the supernet"),
+    ("--op-backend", "op_backend", str, "superkernel backend: auto, reference, cpu, cuda, triton"),
+    ("--model", "runtime_model", str, "runtime model: preset name (pixel1) or file"),
+    ("--formula", "formula", str, "expected-latency formula: lut (exact for hard decisions) or paper"),
+    ("--epochs", "epochs", int, "search epochs"),
+    ("--dropout-epochs", "dropout_epochs", float,
+     "epochs with indicator dropout and lambda = 0 before the latency term starts"),
+    ("--indicator-keep", "indicator_keep", float, "indicator-dropout keep probability"),
+    ("--batch-size", "batch_size", int, "images per process and step"),
+    ("--lr", "lr", float, "learning rate (default: --lr-per-256 x global batch / 256)"),
+    ("--lr-per-256", "lr_per_256", float, "learning rate per 256 images of global batch"),
+    ("--threshold-lr-mult", "threshold_lr_mult", float,
+     "thresholds' learning rate relative to the weights' (raise it for short searches on small data)"),
+    ("--lr-decay", "lr_decay", float, "learning-rate factor applied every --lr-decay-epochs"),
+    ("--lr-decay-epochs", "lr_decay_epochs", float, "epochs between learning-rate decays"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear learning-rate warm-up"),
+    ("--rmsprop-decay", "rmsprop_decay", float, "RMSProp squared-gradient decay"),
+    ("--momentum", "momentum", float, "RMSProp momentum"),
+    ("--rmsprop-eps", "rmsprop_eps", float, "RMSProp epsilon (inside the square root, as in TF)"),
+    ("--weight-decay", "weight_decay", float, "L2 factor on non-BN parameters and thresholds"),
+    ("--label-smoothing", "label_smoothing", float, "cross-entropy label smoothing"),
+    ("--ema-decay", "ema_decay", float, "weight EMA decay (evaluation uses the EMA)"),
+    ("--lambda", "lam", float, "latency-loss weight: loss += lambda x --lambda-scale x ln(R_ms)"),
+    ("--lambda-scale", "lambda_scale", float, "constant factor on the latency loss"),
+    ("--target-ms", "target_ms", float,
+     "adapt lambda during the search to land on this predicted latency"),
+    ("--lambda-adapt-rate", "lambda_adapt_rate", float,
+     "with --target-ms: lambda *= exp(rate x relative latency error) per step"),
+    ("--steps-per-epoch", "steps_per_epoch", int, "cap on steps per epoch (default: whole split)"),
+    ("--seed", "seed", int, "seed of every random draw (init, batches, dropout masks)"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N (torchrun: each rank its LOCAL_RANK GPU)"),
+    ("--log-every", "log_every", int, "steps between metrics.jsonl records"),
+)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = SearchConfig()
+    for _, field, _, _ in FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            setattr(cfg, field, value)
+    cfg.run_dir = args.resume or args.run_dir
+    cfg.progress = not args.no_progress
+    cfg.stop_after_step = args.stop_after_step
+    result = run_search(cfg, resume=args.resume is not None)
+    return 0 if result["finished"] else 130
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search", help="search an architecture under a latency model",
+        description=(
+            "Train a Single-Path supernet and its thresholds jointly (the authors' recipe: RMSProp, "
+            "EMA, indicator dropout, then the latency term), and write RUN_DIR/arch.json with the "
+            "found architecture and its predicted latency. Multi-process: torchrun --nproc-per-node "
+            "N -m spnas search ... (gloo on CPU, nccl on GPU). Ctrl-C saves a checkpoint; "
+            "--resume continues to the same result as an uninterrupted run."))
+    for flag, field, typ, text in FLAGS:
+        default = getattr(_D, field)
+        kwargs = {"choices": ("lut", "paper")} if field == "formula" else {}
+        p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
+                       help=f"{text} (default: {default})", **kwargs)
+    p.add_argument("--run-dir", help="output folder (default: runs/search, or the first free runs/search-N)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the search in RUN_DIR from its checkpoint (its recipe is kept)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after-step", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=_run)
+
+

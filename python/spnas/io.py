@@ -1,0 +1,36 @@
+"""Atomic file writes: a crash or Ctrl-C leaves either the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Callable
+
+
+def atomic_write(path: str, write: Callable[[object], None], binary: bool = False) -> None:
+    """Write through `write(fileobj)` into a temp file beside `path`, fsync, then rename over it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write(path, lambda f: (json.dump(obj, f, indent=2), f.write("\n")))
+
+
+def atomic_torch_save(path: str, obj) -> None:
+    import torch
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)

@@ -1,0 +1,229 @@
+"""Network layers: the drop-in Single-Path layers and the plain blocks of child networks.
+
+`SuperDepthwiseConv2d` and `SuperMBConv` can be used in any network: each owns its thresholds
+and returns its decisions next to its output, so a search loop can add a latency term for them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import spnas_ops
+
+from .errors import SpnasError
+from .space import SUPER_EXPAND, SUPER_KERNEL, Architecture, OP_SHAPE, scale_width
+
+BN_EPS = 1e-3
+
+
+class SuperDepthwiseConv2d(nn.Module):
+    """A 5x5 depthwise superkernel with thresholds (t_kernel, t_expand, t_keep), initialised to 0.
+
+    forward(x, scale=None) -> (y, d) where d = (d_kernel, d_expand, d_keep) are the paper's
+    indicator decisions (differentiable, straight-through). `scale` is the indicator-dropout
+    multiplier r of shape (3,). Channels [0, C/2) are the e3 half, [C/2, C) the extra e6 half.
+    """
+
+    def __init__(self, channels: int, stride: int = 1, skippable: bool = True,
+                 op_backend: str = "auto"):
+        super().__init__()
+        if channels % 2:
+            raise SpnasError(f"SuperDepthwiseConv2d: channels must be even (e3/e6 halves), got {channels}")
+        if op_backend not in spnas_ops.BACKENDS:
+            raise SpnasError(f"op_backend must be one of {spnas_ops.BACKENDS}, got {op_backend!r}")
+        self.channels, self.stride, self.skippable = channels, stride, skippable
+        self.op_backend = op_backend
+        self.weight = nn.Parameter(torch.empty(channels, 1, SUPER_KERNEL, SUPER_KERNEL))
+        self.thresholds = nn.Parameter(torch.zeros(3))
+        init_conv_(self.weight, groups=channels)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None):
+        thresholds = self.thresholds.to(x.dtype)
+        if scale is not None:
+            scale = scale.to(device=x.device, dtype=x.dtype)
+        return spnas_ops.masked_dwconv(x, self.weight.to(x.dtype), thresholds, stride=self.stride,
+                                       skippable=self.skippable, scale=scale, backend=self.op_backend)
+
+    @torch.no_grad()
+    def hard_decisions(self) -> tuple[int, int, int]:
+        """The current decisions without dropout, computed from the weights alone (no input)."""
+        from spnas_ops.reference import masked_weight
+        _, d = masked_weight(self.weight.float(), self.thresholds.float(), torch.ones(3),
+                             self.skippable)
+        return tuple(int(v != 0) for v in d.tolist())
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, stride={self.stride}, skippable={self.skippable}, "
+                f"op_backend={self.op_backend!r}")
+
+
+class SuperMBConv(nn.Module):
+    """A searchable MBConv: 1x1 expand (x6) -> BN -> ReLU -> superkernel -> BN -> ReLU -> 1x1 project
+    -> BN, plus the residual when stride is 1 and widths match.
+
+    forward(x, scale=None) -> (out, d). Beyond the masked superkernel, the decisions also gate
+    the e6 half of the projection and the whole branch. Why: BN after the depthwise conv would
+    otherwise turn a masked channel (all zeros) into its BN bias, so an "e3" or "skip" supernet
+    layer would not compute what the derived child computes; and BN is blind to the scale of the
+    masked weights, so d_expand and d_keep would get almost no accuracy gradient. Gated, a skipped
+    layer is exactly the identity and an e3 layer exactly the child's e3 MBConv.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, skippable: bool = True,
+                 op_backend: str = "auto", bn_eps: float = BN_EPS):
+        super().__init__()
+        mid = in_channels * SUPER_EXPAND
+        self.has_residual = stride == 1 and in_channels == out_channels
+        if skippable and not self.has_residual:
+            raise SpnasError(f"SuperMBConv: a skippable layer needs stride 1 and equal widths "
+                             f"(got {in_channels}->{out_channels}, stride {stride})")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.skippable = skippable
+        self.conv_pw = nn.Conv2d(in_channels, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid, eps=bn_eps)
+        self.superkernel = SuperDepthwiseConv2d(mid, stride, skippable, op_backend)
+        self.bn2 = nn.BatchNorm2d(mid, eps=bn_eps)
+        self.conv_pwl = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels, eps=bn_eps)
+        for conv in (self.conv_pw, self.conv_pwl):
+            init_conv_(conv.weight)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None):
+        h = F.relu(self.bn1(self.conv_pw(x)))
+        h, d = self.superkernel(h, scale)
+        h = F.relu(self.bn2(h))
+        # The gates take the indicator values 0/1: indicator dropout's 1/keep rescaling already
+        # acted on the masked weights (where BN absorbs it); here it would only inflate the
+        # residual branches. Dividing by r keeps the straight-through gradient of d.
+        gate = d
+        if scale is not None:
+            scale = scale.to(d.device, d.dtype)
+            gate = d * torch.where(scale > 0, 1 / scale.clamp_min(1e-12), torch.zeros_like(scale))
+        # Gate the e6 half on the (small) projection weight rather than on the activation.
+        half = self.conv_pwl.weight.shape[1] // 2
+        w = self.conv_pwl.weight
+        w = torch.cat([w[:, :half], w[:, half:] * gate[1].to(w.dtype)], dim=1)
+        out = self.bn3(F.conv2d(h, w))
+        if self.skippable:
+            out = out * gate[2].to(out.dtype)
+        if self.has_residual:
+            out = out + x
+        return out, d
+
+
+# -- plain blocks of child networks and of the fixed parts --------------------------------------
+
+def init_conv_(weight: torch.Tensor, groups: int = 1) -> None:
+    """He-normal over fan-out (k*k*out/groups), as the MnasNet/EfficientNet family initialises."""
+    out_ch, _, kh, kw = weight.shape
+    fan_out = kh * kw * out_ch // groups
+    nn.init.normal_(weight, 0.0, math.sqrt(2.0 / fan_out))
+
+
+class ConvBnReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 act: bool = True, bn_eps: float = BN_EPS):
+        layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+                  nn.BatchNorm2d(cout, eps=bn_eps)]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+        init_conv_(self[0].weight, groups)
+
+
+class DepthwiseSeparable(nn.Module):
+    """timm's "ds" block: depthwise kxk -> BN -> ReLU -> 1x1 -> BN (+ residual if allowed)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, noskip: bool, bn_eps: float):
+        super().__init__()
+        self.dw = ConvBnReLU(cin, cin, kernel, stride, groups=cin, bn_eps=bn_eps)
+        self.pw = ConvBnReLU(cin, cout, 1, act=False, bn_eps=bn_eps)
+        self.has_residual = stride == 1 and cin == cout and not noskip
+
+    def forward(self, x):
+        out = self.pw(self.dw(x))
+        return out + x if self.has_residual else out
+
+
+class MBConv(nn.Module):
+    """timm's "ir" block (inverted residual, no SE): 1x1 expand -> kxk depthwise -> 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int, noskip: bool,
+                 bn_eps: float):
+        super().__init__()
+        mid = cin * expand
+        self.pw = ConvBnReLU(cin, mid, 1, bn_eps=bn_eps)
+        self.dw = ConvBnReLU(mid, mid, kernel, stride, groups=mid, bn_eps=bn_eps)
+        self.pwl = ConvBnReLU(mid, cout, 1, act=False, bn_eps=bn_eps)
+        self.has_residual = stride == 1 and cin == cout and not noskip
+
+    def forward(self, x):
+        out = self.pwl(self.dw(self.pw(x)))
+        return out + x if self.has_residual else out
+
+
+def make_block(kind: str, cin: int, cout: int, kernel: int, stride: int, expand: int,
+               noskip: bool, bn_eps: float) -> nn.Module:
+    if kind == "ds":
+        return DepthwiseSeparable(cin, cout, kernel, stride, noskip, bn_eps)
+    return MBConv(cin, cout, kernel, stride, expand, noskip, bn_eps)
+
+
+class Head(nn.Module):
+    """conv1x1 -> BN -> ReLU -> global average pool -> (dropout) -> FC."""
+
+    def __init__(self, cin: int, features: int, num_classes: int, drop_rate: float, bn_eps: float):
+        super().__init__()
+        self.conv = ConvBnReLU(cin, features, 1, bn_eps=bn_eps)
+        self.drop_rate = drop_rate
+        self.classifier = nn.Linear(features, num_classes)
+        # Bound from the fan-in: the fan-out bound of ImageNet recipes (1/sqrt(1000)) is far too
+        # wide for a 10-class search, whose first logits would then be huge.
+        bound = 1.0 / math.sqrt(features)
+        nn.init.uniform_(self.classifier.weight, -bound, bound)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, x):
+        x = self.conv(x).mean((2, 3))
+        if self.drop_rate > 0:
+            x = F.dropout(x, self.drop_rate, self.training)
+        return self.classifier(x)
+
+
+class ChildNet(nn.Module):
+    """A derived network: stem, blocks, head. Plain convolutions only (exports anywhere)."""
+
+    def __init__(self, stem: nn.Module, blocks: nn.Sequential, head: Head):
+        super().__init__()
+        self.stem, self.blocks, self.head = stem, blocks, head
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def build_child(arch: Architecture, num_classes: int = 1000, width_mult: float = 1.0,
+                drop_rate: float = 0.0) -> ChildNet:
+    from .space import BlockSpec
+    space = arch.space
+    eps = space.bn_eps
+    stem_ch = scale_width(space.stem, width_mult)
+    stem = ConvBnReLU(3, stem_ch, 3, 2, bn_eps=eps)
+    blocks, cin = [], stem_ch
+    for strings in arch.block_strings():
+        for text in strings:
+            spec = BlockSpec.parse(text)
+            cout = scale_width(spec.out, width_mult)
+            for r in range(spec.repeats):
+                blocks.append(make_block(spec.kind, cin, cout, spec.kernel,
+                                         spec.stride if r == 0 else 1, spec.expand, spec.noskip, eps))
+                cin = cout
+    head = Head(cin, scale_width(space.head, width_mult), num_classes, drop_rate, eps)
+    return ChildNet(stem, nn.Sequential(*blocks), head)
+
+
+__all__ = ["SuperDepthwiseConv2d", "SuperMBConv", "ChildNet", "MBConv", "DepthwiseSeparable",
+           "build_child", "OP_SHAPE"]

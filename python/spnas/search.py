@@ -1,0 +1,457 @@
+"""The search driver: the authors' Single-Path NAS recipe on CPU, one GPU, or torchrun DDP.
+
+loss = CE(label smoothing) + wd * sum(w^2)/2 over non-BN parameters (thresholds included)
+       + lambda * lambda_scale * ln(R_ms)
+RMSProp (TF semantics), lr = lr_per_256 * global_batch / 256, x lr_decay every lr_decay_epochs;
+EMA of the weights for evaluation; for the first `dropout_epochs` epochs lambda is 0 and the
+indicators are dropped out (keep p, kept ones scaled by 1/p). The architecture is the hard
+decisions at the end.
+
+Determinism is what makes resuming and multi-process runs agree: every random draw depends only
+on (seed, epoch) or (seed, step), so a resumed run replays exactly the batches and dropout masks
+of an uninterrupted one, and every rank draws the same indicator-dropout masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import data as datamod
+from .errors import SpnasError
+from .io import atomic_torch_save, atomic_write, atomic_write_json
+from .optim import EMA, RMSpropTF, learning_rate
+from .runtime import FORMULAS, RuntimeModel
+from .space import get_space
+from .supernet import SinglePathSuperNet
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+ARCH = "arch.json"
+CONFIG = "config.json"
+
+
+@dataclass
+class SearchConfig:
+    """Every knob of a search; the defaults are the paper's (epochs counted on the data given)."""
+    run_dir: str | None = None          # None: runs/search, runs/search-2, ... (first free)
+    data: str | None = None             # None: scikit-learn digits; else an image folder
+    image_size: int = 24                # digits are 8x8: 24 px keeps 5x5 vs 3x3 meaningful to stage 4
+    val_fraction: float = 0.2
+    workers: int = 0
+    space: str = "mnasnet"
+    width_mult: float = 1.0
+    op_backend: str = "auto"
+    runtime_model: str = "pixel1"       # preset name or runtime-model file
+    formula: str = "lut"
+    epochs: int = 8
+    dropout_epochs: float = 5.0         # lambda = 0 and indicator dropout before this epoch
+    indicator_keep: float = 0.6
+    batch_size: int = 64                # per process
+    lr: float | None = None             # None: lr_per_256 * global batch / 256
+    lr_per_256: float = 0.016
+    threshold_lr_mult: float = 1.0      # thresholds' learning rate relative to the weights'
+    lr_decay: float = 0.97
+    lr_decay_epochs: float = 2.4
+    warmup_epochs: float = 0.0
+    rmsprop_decay: float = 0.9
+    momentum: float = 0.9
+    rmsprop_eps: float = 1e-3
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.9999
+    lam: float = 0.02
+    lambda_scale: float = 1e3
+    target_ms: float | None = None      # adapt lambda to land on this latency
+    lambda_adapt_rate: float = 0.05
+    steps_per_epoch: int | None = None  # cap (None: the whole training split)
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 10
+    progress: bool = True
+    stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
+
+    def check(self) -> None:
+        def need(ok: bool, flag: str, what: str):
+            if not ok:
+                raise SpnasError(f"--{flag} {what}")
+        need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1, "batch-size", f"must be >= 1, got {self.batch_size}")
+        need(0 < self.indicator_keep <= 1, "indicator-keep", f"must be in (0, 1], got {self.indicator_keep}")
+        need(self.dropout_epochs >= 0, "dropout-epochs", f"must be >= 0, got {self.dropout_epochs}")
+        need(self.width_mult > 0, "width-mult", f"must be > 0, got {self.width_mult}")
+        need(self.lam >= 0, "lambda", f"must be >= 0, got {self.lam}")
+        need(self.target_ms is None or self.target_ms > 0, "target-ms", f"must be > 0, got {self.target_ms}")
+        need(self.formula in FORMULAS, "formula", f"must be one of {', '.join(FORMULAS)}")
+        need(self.lr_decay_epochs > 0, "lr-decay-epochs", "must be > 0")
+        need(self.threshold_lr_mult >= 0, "threshold-lr-mult", "must be >= 0")
+        need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps-per-epoch", "must be >= 1")
+        need(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
+             f"must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.op_backend not in ("auto", "reference", "cpu", "cuda", "triton"):
+            raise SpnasError(f"--op-backend must be auto, reference, cpu, cuda or triton, got {self.op_backend!r}")
+
+
+# -- distributed helpers ---------------------------------------------------------------------------
+
+class _Dist:
+    """World size / rank from torchrun's environment; a no-op for a single process."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "auto":
+            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda":
+            device = f"cuda:{self.local_rank}"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise SpnasError("--device cuda: no CUDA device is available")
+            torch.cuda.set_device(self.device)
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+class _StopFlag:
+    """First Ctrl-C (or SIGTERM) asks to stop after the current step; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# -- pieces of the recipe --------------------------------------------------------------------------
+
+def indicator_scales(num_layers: int, keep: float, seed: int, step: int) -> torch.Tensor:
+    """Indicator-dropout multipliers r: Bernoulli(keep)/keep per indicator, fixed by (seed, step)."""
+    g = torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 1)
+    kept = (torch.rand(num_layers, 3, generator=g) < keep).float()
+    return kept / keep
+
+
+def decay_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Everything but BatchNorm's parameters (the authors' weight-decay set, thresholds included)."""
+    bn = set()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            bn |= {id(p) for p in m.parameters(recurse=False)}
+    return [p for p in model.parameters() if id(p) not in bn]
+
+
+def _fresh_run_dir(base: str = os.path.join("runs", "search")) -> str:
+    if not os.path.exists(os.path.join(base, CHECKPOINT)) and not os.path.exists(os.path.join(base, ARCH)):
+        return base
+    i = 2
+    while os.path.exists(f"{base}-{i}"):
+        i += 1
+    return f"{base}-{i}"
+
+
+def load_checkpoint(path: str) -> dict:
+    """A search checkpoint, loaded safely (weights_only=True: tensors and plain containers only)."""
+    if not os.path.exists(path):
+        raise SpnasError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SpnasError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def build_supernet(cfg: SearchConfig, num_classes: int) -> SinglePathSuperNet:
+    return SinglePathSuperNet(cfg.space, num_classes=num_classes, width_mult=cfg.width_mult,
+                              op_backend=cfg.op_backend)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset, batch_size: int, device, workers: int = 0) -> float:
+    model.eval()
+    correct = total = 0
+    n = len(dataset)
+    batches = [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
+    for x, y in datamod.loader(dataset, batches, workers):
+        x, y = x.to(device), y.to(device)
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    model.train()
+    return correct / max(total, 1)
+
+
+def _truncate_metrics(path: str, steps_done: int) -> None:
+    """On resume, drop records written after the checkpoint, so the log matches one clean run."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= steps_done]
+    atomic_write(path, lambda f: f.writelines(keep))
+
+
+# -- the driver --------------------------------------------------------------------------------------
+
+def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
+    """Run (or resume) a search. Returns a summary dict; the run folder ends with arch.json."""
+    cfg.check()
+    out = out or sys.stdout
+    d = _Dist(cfg.device)
+    try:
+        return _run(cfg, resume, d, out)
+    finally:
+        d.close()
+
+
+def _say(d: _Dist, out, text: str) -> None:
+    if d.main:
+        print(text, file=out, flush=True)
+
+
+def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
+    ckpt = None
+    if resume:
+        if not cfg.run_dir:
+            raise SpnasError("--resume needs the run folder: spnas search --resume RUN_DIR")
+        ckpt = load_checkpoint(os.path.join(cfg.run_dir, CHECKPOINT))
+        known = {f.name for f in dataclasses.fields(SearchConfig)}
+        saved = {k: v for k, v in dict(ckpt.get("config", {})).items() if k in known}
+        # The checkpoint's recipe wins; only how this process runs may change.
+        for key in ("run_dir", "progress", "stop_after_step", "workers", "device"):
+            saved[key] = getattr(cfg, key)
+        cfg = SearchConfig(**saved)
+        cfg.check()
+    else:
+        if cfg.run_dir is None:
+            cfg.run_dir = d.broadcast(_fresh_run_dir() if d.main else None)
+        elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
+            raise SpnasError(f"--run-dir {cfg.run_dir} already holds a search; continue it with "
+                             f"--resume {cfg.run_dir} or choose another --run-dir")
+    run_dir = cfg.run_dir
+    if d.main:
+        os.makedirs(run_dir, exist_ok=True)
+        atomic_write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(cfg))
+    d.barrier()
+
+    space = get_space(cfg.space)
+    runtime = RuntimeModel.resolve(cfg.runtime_model)
+    if runtime.space != space.name or runtime.num_layers != space.num_layers:
+        raise SpnasError(f"--model {cfg.runtime_model}: runtime model is for space {runtime.space!r} "
+                         f"({runtime.num_layers} layers), the search space is {space.name!r} "
+                         f"({space.num_layers} layers)")
+    split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
+    global_batch = cfg.batch_size * d.world
+    steps_per_epoch = len(split.train) // global_batch
+    if steps_per_epoch == 0:
+        raise SpnasError(f"--batch-size {cfg.batch_size} x {d.world} process(es) is larger than the "
+                         f"{len(split.train)} training images")
+    if cfg.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+    base_lr = cfg.lr if cfg.lr is not None else cfg.lr_per_256 * global_batch / 256
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    net = build_supernet(cfg, len(split.classes)).to(d.device)
+    decay_params = decay_parameters(net)
+    thresholds = {id(t) for t in net.thresholds()}
+    groups = [{"params": [p for p in net.parameters() if id(p) not in thresholds], "lr_mult": 1.0},
+              {"params": net.thresholds(), "lr_mult": cfg.threshold_lr_mult}]
+    opt = RMSpropTF(groups, lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
+                    eps=cfg.rmsprop_eps)
+    ema = EMA(net, cfg.ema_decay)
+    steps_done, lam = 0, cfg.lam
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        ema.load_state_dict(ckpt["ema"])
+        steps_done, lam = int(ckpt["step"]), float(ckpt["lambda"])
+        if d.main:
+            _truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
+    model = net
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    eval_net = build_supernet(cfg, len(split.classes)).to(d.device) if d.main else None
+
+    _say(d, out, f"spnas search -> {run_dir}\n  data: {split.description}\n"
+                 f"  supernet: space {space.name}, width x{cfg.width_mult}, op backend "
+                 f"{cfg.op_backend}; {d.world} process(es) on {d.device.type}\n"
+                 f"  {cfg.epochs} epochs x {steps_per_epoch} steps, global batch {global_batch}, "
+                 f"lr {base_lr:g}; lambda {cfg.lam:g}"
+                 + (f" adapted to a {cfg.target_ms:g} ms target" if cfg.target_ms else "")
+                 + f" after epoch {cfg.dropout_epochs:g}; runtime model {cfg.runtime_model}"
+                 + (f"\n  resuming at step {steps_done}" if steps_done else ""))
+
+    metrics = open(os.path.join(run_dir, METRICS), "a") if d.main else None
+    bar = None
+    if d.main and cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=steps_done, desc="search", unit="step", file=sys.stderr,
+                   dynamic_ncols=True)
+
+    def log(record: dict) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+
+    def save() -> None:
+        if d.main:
+            atomic_torch_save(os.path.join(run_dir, CHECKPOINT), {
+                "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
+                "lambda": lam, "config": dataclasses.asdict(cfg), "model": net.state_dict(),
+                "optimizer": opt.state_dict(), "ema": ema.state_dict()})
+        d.barrier()
+
+    interrupted = False
+    started = time.time()
+    with _StopFlag() as stop:
+        while steps_done < total_steps and not interrupted:
+            epoch = steps_done // steps_per_epoch
+            batches = datamod.epoch_batches(len(split.train), cfg.batch_size, d.world, d.rank,
+                                            cfg.seed, epoch)[:steps_per_epoch]
+            batches = batches[steps_done - epoch * steps_per_epoch:]
+            for x, y in datamod.loader(split.train, batches, cfg.workers):
+                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+                epoch_f = steps_done / steps_per_epoch
+                lr = learning_rate(base_lr, epoch_f, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs)
+                for group in opt.param_groups:
+                    group["lr"] = lr * group["lr_mult"]
+                searching = epoch_f >= cfg.dropout_epochs
+                torch.manual_seed(cfg.seed * 1_000_003 + steps_done)
+                scales = None
+                if not searching and cfg.indicator_keep < 1:
+                    scales = indicator_scales(len(net.searchable), cfg.indicator_keep, cfg.seed,
+                                              steps_done).to(d.device)
+                logits = model(x, scales)
+                ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
+                expected_ms = net.runtime(runtime, cfg.formula)
+                lam_now = lam if searching else 0.0
+                loss = ce + wd + lam_now * cfg.lambda_scale * torch.log(expected_ms)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                ema.update(net)
+                steps_done += 1
+
+                arch = net.derive()
+                hard_ms = runtime.predict(arch)
+                if searching and cfg.target_ms:
+                    # Multiplicative control: lambda grows while over budget, shrinks while under.
+                    lam = min(1e3, max(1e-6, lam * math.exp(cfg.lambda_adapt_rate *
+                                                            (hard_ms - cfg.target_ms) / cfg.target_ms)))
+                if steps_done % cfg.log_every == 0 or steps_done == total_steps:
+                    log({"kind": "train", "step": steps_done, "epoch": steps_done / steps_per_epoch,
+                         "lr": lr, "lambda": lam_now, "ce": ce.item(), "loss": loss.item(),
+                         "expected_ms": expected_ms.item(), "latency_ms": hard_ms,
+                         "train_acc": (logits.argmax(1) == y).float().mean().item()})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(ce=f"{ce.item():.3f}", ms=f"{hard_ms:.1f}", lam=f"{lam_now:.3g}")
+                want_stop = stop.requested or (cfg.stop_after_step is not None
+                                               and steps_done >= cfg.stop_after_step)
+                if d.any(want_stop):
+                    interrupted = True
+                    break
+            if interrupted:
+                break
+            # end of an epoch: evaluate the EMA weights, log the decisions, checkpoint
+            if d.main:
+                eval_net.load_state_dict(ema.shadow)
+                val_acc = evaluate(eval_net, split.val, 256, d.device, cfg.workers)
+                arch = net.derive()
+                log({"kind": "epoch", "step": steps_done, "epoch": steps_done // steps_per_epoch,
+                     "val_acc_ema": val_acc, "latency_ms": runtime.predict(arch), "lambda": lam,
+                     "ops": arch.ops, "decisions": net.hard_decisions().tolist(),
+                     "thresholds": [t.detach().cpu().tolist() for t in net.thresholds()],
+                     "seconds": time.time() - started})
+            save()
+    if bar is not None:
+        bar.close()
+    if metrics is not None:
+        metrics.close()
+    if interrupted:
+        save()
+        _say(d, out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
+                     f"Continue with: spnas search --resume {run_dir}")
+        return {"run_dir": run_dir, "finished": False, "step": steps_done}
+
+    arch = net.derive()
+    predicted = runtime.predict(arch)
+    extra = {"runtime_model": cfg.runtime_model, "predicted_ms": round(predicted, 4)}
+    if d.main:
+        arch.save(os.path.join(run_dir, ARCH), **extra)
+    d.barrier()
+    _say(d, out, format_result(arch, cfg.runtime_model, predicted, os.path.join(run_dir, ARCH),
+                               seconds=time.time() - started))
+    return {"run_dir": run_dir, "finished": True, "step": steps_done, "arch": arch,
+            "predicted_ms": predicted, "decisions": net.hard_decisions(),
+            "thresholds": torch.stack([t.detach().cpu() for t in net.thresholds()])}
+
+
+def format_result(arch, model_name: str, predicted: float, path: str | None = None,
+                  seconds: float | None = None) -> str:
+    lines = [f"found architecture ({arch.space.name}): {' '.join(arch.ops)}"]
+    for i, stage in enumerate(arch.block_strings()):
+        lines.append(f"  stage {i}: {', '.join(stage)}")
+    label = "Pixel 1" if model_name == "pixel1" else model_name
+    lines.append(f"predicted latency ({label}): {predicted:.2f} ms")
+    if model_name != "pixel1" and arch.space.name == "mnasnet":
+        lines.append(f"predicted latency (Pixel 1): {RuntimeModel.preset('pixel1').predict(arch):.2f} ms")
+    if path:
+        lines.append(f"wrote {path}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scales", "format_result"]

@@ -1,0 +1,88 @@
+"""The Single-Path supernet: one network whose superkernels encode every architecture of a space."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .layers import ConvBnReLU, Head, SuperMBConv, make_block
+from .space import Architecture, SearchSpace, get_space, op_from_decisions, scale_width
+
+
+class SinglePathSuperNet(nn.Module):
+    """stem -> fixed and searchable stages of the space -> head.
+
+    forward(x, scales=None) -> logits. `scales` (num_layers, 3) are the indicator-dropout
+    multipliers r, one row per searchable layer. After a forward, `decisions()` holds the
+    (num_layers, 3) decisions (d_kernel, d_expand, d_keep) of that pass, differentiable, and
+    `runtime(model)` turns them into an expected latency for the loss.
+    """
+
+    def __init__(self, space: "str | SearchSpace" = "mnasnet", num_classes: int = 1000,
+                 width_mult: float = 1.0, op_backend: str = "auto", drop_rate: float = 0.0):
+        super().__init__()
+        self.space = get_space(space)
+        self.num_classes, self.width_mult, self.op_backend = num_classes, width_mult, op_backend
+        eps = self.space.bn_eps
+        cin = scale_width(self.space.stem, width_mult)
+        self.stem = ConvBnReLU(3, cin, 3, 2, bn_eps=eps)
+        blocks: list[nn.Module] = []
+        self._searchable: list[int] = []  # indices into self.blocks of the SuperMBConvs
+        for spec in self.space.blocks:
+            cout = scale_width(spec.out, width_mult)
+            for r in range(spec.repeats):
+                stride = spec.stride if r == 0 else 1
+                if spec.kind == "sp":
+                    self._searchable.append(len(blocks))
+                    blocks.append(SuperMBConv(cin, cout, stride, skippable=r > 0,
+                                              op_backend=op_backend, bn_eps=eps))
+                else:
+                    blocks.append(make_block(spec.kind, cin, cout, spec.kernel, stride,
+                                             spec.expand, spec.noskip, eps))
+                cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.head = Head(cin, scale_width(self.space.head, width_mult), num_classes, drop_rate, eps)
+        self._decisions: list[torch.Tensor] | None = None
+
+    @property
+    def searchable(self) -> list[SuperMBConv]:
+        return [self.blocks[i] for i in self._searchable]
+
+    def thresholds(self) -> list[nn.Parameter]:
+        return [b.superkernel.thresholds for b in self.searchable]
+
+    def forward(self, x: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.stem(x)
+        decisions, k = [], 0
+        for i, block in enumerate(self.blocks):
+            if isinstance(block, SuperMBConv):
+                x, d = block(x, None if scales is None else scales[k])
+                decisions.append(d)
+                k += 1
+            else:
+                x = block(x)
+        self._decisions = decisions
+        return self.head(x)
+
+    def decisions(self) -> torch.Tensor:
+        """(num_layers, 3) decisions of the last forward, in the autograd graph."""
+        if self._decisions is None:
+            raise RuntimeError("SinglePathSuperNet.decisions(): run a forward pass first")
+        return torch.stack([d.float() for d in self._decisions])
+
+    def runtime(self, model, formula: str = "lut") -> torch.Tensor:
+        """Expected latency (ms) of the last forward's decisions under a RuntimeModel."""
+        return model.expected(self.decisions(), formula=formula)
+
+    @torch.no_grad()
+    def hard_decisions(self) -> torch.Tensor:
+        """(num_layers, 3) 0/1 decisions from the current weights and thresholds (no dropout)."""
+        return torch.tensor([b.superkernel.hard_decisions() for b in self.searchable])
+
+    def derive(self) -> Architecture:
+        """The architecture the thresholds currently select (the paper's final step)."""
+        ops = [op_from_decisions(*d) for d in self.hard_decisions().tolist()]
+        return Architecture(ops, self.space)
+
+
+__all__ = ["SinglePathSuperNet"]

@@ -1,0 +1,157 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spnas import RuntimeModel, SinglePathSuperNet, SuperDepthwiseConv2d, SuperMBConv
+from spnas.space import Architecture
+
+torch.manual_seed(0)
+
+
+def norms(layer):
+    w = layer.weight.detach().reshape(layer.channels, 5, 5)
+    m3 = torch.zeros(5, 5)
+    m3[1:4, 1:4] = 1
+    outer = (w * (1 - m3)).norm().item()
+    half = layer.channels // 2
+    return outer, (w[half:] * m3).norm().item(), (w[:half] * m3).norm().item()
+
+
+def test_thresholds_start_at_zero_and_everything_is_on():
+    layer = SuperDepthwiseConv2d(12, op_backend="reference")
+    assert torch.equal(layer.thresholds.detach(), torch.zeros(3))
+    x = torch.randn(2, 12, 7, 7)
+    y, d = layer(x)
+    assert d.tolist() == [1.0, 1.0, 1.0]
+    assert torch.allclose(y, F.conv2d(x, layer.weight, padding=2, groups=12), atol=1e-5)
+
+
+def test_threshold_above_the_outer_norm_gives_a_3x3_kernel():
+    layer = SuperDepthwiseConv2d(12, op_backend="reference")
+    outer, _, _ = norms(layer)
+    with torch.no_grad():
+        layer.thresholds[0] = outer + 0.01
+    x = torch.randn(2, 12, 9, 9)
+    y, d = layer(x)
+    assert d.tolist() == [0.0, 1.0, 1.0]
+    w3 = layer.weight.detach()[:, :, 1:4, 1:4]
+    assert torch.allclose(y, F.conv2d(x, w3, padding=1, groups=12), atol=1e-5)
+
+
+def test_threshold_above_the_hi_norm_gives_expansion_3():
+    layer = SuperDepthwiseConv2d(12, op_backend="reference")
+    _, hi, _ = norms(layer)
+    with torch.no_grad():
+        layer.thresholds[0] = 1e6          # 3x3, so the hi norm is over the inner taps
+        layer.thresholds[1] = hi + 0.01
+    y, d = layer(torch.randn(2, 12, 5, 5))
+    assert d.tolist() == [0.0, 0.0, 1.0]
+    assert y[:, 6:].abs().max() == 0 and y[:, :6].abs().max() > 0
+
+
+def test_threshold_above_the_lo_norm_skips_a_skippable_layer_only():
+    for skippable, keep in ((True, 0.0), (False, 1.0)):
+        torch.manual_seed(1)
+        block = SuperMBConv(8, 8, 1, skippable=skippable, op_backend="reference") if skippable else \
+            SuperMBConv(8, 16, 2, skippable=False, op_backend="reference")
+        layer = block.superkernel
+        with torch.no_grad():
+            layer.thresholds[2] = 1e6
+        x = torch.randn(2, 8, 6, 6)
+        out, d = block(x)
+        assert d[2].item() == keep
+        if skippable:
+            assert torch.equal(out, x)  # a skipped layer is exactly the identity
+
+
+def test_supernet_in_a_hard_state_computes_the_derived_child():
+    """With every decision hard and the child given the supernet's weights, outputs agree."""
+    torch.manual_seed(0)
+    net = SinglePathSuperNet(num_classes=5, width_mult=0.25, op_backend="reference").eval()
+    with torch.no_grad():
+        for i, block in enumerate(net.searchable):
+            outer, hi, lo = norms(block.superkernel)
+            t = block.superkernel.thresholds
+            t[0] = outer + 1 if i % 2 else 0.0          # odd layers 3x3
+            t[1] = 1e6 if i % 3 == 0 else 0.0           # every third e3
+            t[2] = 1e6 if (i % 4 == 3) else 0.0         # skip the last of each stage
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    arch = net.derive()
+    assert arch.ops[:4] == ["k5_e3", "k3_e6", "k5_e6", "skip"] and arch.ops[9] == "k3_e3"
+    child = arch.build(num_classes=5, width_mult=0.25).eval()
+    transfer(net, child, arch)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(net(x), child(x), atol=1e-4)
+
+
+def transfer(net, child, arch):
+    """Copy supernet weights into the child (inner 3x3 taps / lower channel half where chosen)."""
+    child_blocks = iter(child.blocks)
+    child.stem.load_state_dict(net.stem.state_dict())
+    child.head.load_state_dict(net.head.state_dict())
+    k = 0
+    for block in net.blocks:
+        if not hasattr(block, "superkernel"):
+            next(child_blocks).load_state_dict(block.state_dict())
+            continue
+        op = arch.ops[k]
+        k += 1
+        if op == "skip":
+            continue
+        c = next(child_blocks)
+        mid = c.pw[0].out_channels
+        ks = c.dw[0].kernel_size[0]
+        off = (5 - ks) // 2
+        c.pw[0].weight.data.copy_(block.conv_pw.weight[:mid])
+        copy_bn(c.pw[1], block.bn1, mid)
+        c.dw[0].weight.data.copy_(block.superkernel.weight[:mid, :, off:off + ks, off:off + ks])
+        copy_bn(c.dw[1], block.bn2, mid)
+        c.pwl[0].weight.data.copy_(block.conv_pwl.weight[:, :mid])
+        c.pwl[1].load_state_dict(block.bn3.state_dict())
+
+
+def copy_bn(dst, src, n):
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(dst, name).data.copy_(getattr(src, name)[:n])
+
+
+@pytest.mark.parametrize("formula", ["lut", "paper"])
+def test_latency_gradients_raise_the_thresholds_and_lower_latency(formula):
+    torch.manual_seed(0)
+    net = SinglePathSuperNet(num_classes=4, width_mult=0.25, op_backend="reference")
+    with torch.no_grad():  # put thresholds near the norms so the sigmoid gradient is not tiny
+        for block in net.searchable:
+            outer, hi, lo = norms(block.superkernel)
+            block.superkernel.thresholds.copy_(torch.tensor([outer, hi, lo]) - 0.5)
+    model = RuntimeModel.preset("pixel1")
+    x = torch.randn(2, 3, 32, 32)
+    net(x)
+    before = net.runtime(model, formula)
+    (0.02 * 1e3 * torch.log(before)).backward()
+    grads = torch.stack([t.grad for t in net.thresholds()])
+    assert (grads[:, :2] < 0).all()        # raising t_kernel / t_expand lowers latency
+    assert (grads[1:, 2][[i % 4 != 0 for i in range(1, 20)]] < 0).all()
+    assert (grads[::4, 2] == 0).all()      # first layers of stages cannot be skipped
+    with torch.no_grad():
+        for t in net.thresholds():
+            t -= 2.0 * t.grad.sign()       # a descent step
+    net(x)
+    after = net.runtime(model, formula)
+    assert after.item() < before.item()
+    assert model.predict(net.derive()) < model.predict(Architecture(["k5_e6"] * 20))
+
+
+def test_op_backend_passes_through():
+    net = SinglePathSuperNet(num_classes=3, width_mult=0.25, op_backend="reference")
+    assert all(b.superkernel.op_backend == "reference" for b in net.searchable)
+    with pytest.raises(ValueError, match="op_backend"):
+        SuperDepthwiseConv2d(8, op_backend="nope")
+
+
+def test_indicator_dropout_scale_is_used():
+    layer = SuperDepthwiseConv2d(8, op_backend="reference")
+    _, d = layer(torch.randn(1, 8, 5, 5), torch.tensor([0.0, 1 / 0.6, 1 / 0.6]))
+    assert d.tolist() == pytest.approx([0.0, 1 / 0.6, 1 / 0.6])

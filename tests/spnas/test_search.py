@@ -1,0 +1,110 @@
+"""End-to-end: the search driver through the CLI, resume equivalence, and DDP agreement."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spnas.cli import main
+from spnas.search import SearchConfig, load_checkpoint, run_search
+
+TINY = ["--width-mult", "0.25", "--image-size", "16", "--batch-size", "16", "--epochs", "3",
+        "--dropout-epochs", "1", "--steps-per-epoch", "3", "--log-every", "1", "--no-progress",
+        "--op-backend", "reference"]
+
+
+def tiny_config(run_dir, **kw):
+    cfg = SearchConfig(run_dir=str(run_dir), width_mult=0.25, image_size=16, batch_size=16, epochs=3,
+                       dropout_epochs=1, steps_per_epoch=3, log_every=1, progress=False,
+                       op_backend="reference", lam=0.5, threshold_lr_mult=50.0)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_search_derive_latency_plot_via_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--run-dir", str(run), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "found architecture" in out and "predicted latency (Pixel 1):" in out
+    arch = json.loads((run / "arch.json").read_text())
+    assert len(arch["ops"]) == 20 and arch["predicted_ms"] > 19.5999
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 10))
+    assert sum(r["kind"] == "epoch" for r in records) == 3
+    # indicator dropout for the first epoch, then the latency term
+    assert all(r["lambda"] == 0 for r in records if r["kind"] == "train" and r["step"] <= 3)
+    assert all(r["lambda"] == 0.02 for r in records if r["kind"] == "train" and r["step"] > 3)
+    ckpt = load_checkpoint(str(run / "checkpoint.pt"))
+    assert ckpt["step"] == 9
+
+    assert main(["derive", str(run), "--out", str(tmp_path / "derived.json")]) == 0
+    assert json.loads((tmp_path / "derived.json").read_text())["ops"] == arch["ops"]
+    capsys.readouterr()
+    assert main(["latency", str(run / "arch.json"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["total_ms"] == pytest.approx(arch["predicted_ms"], abs=1e-3)
+    assert main(["latency", str(run / "arch.json")]) == 0
+    assert "total" in capsys.readouterr().out
+    assert main(["plot", str(run)]) == 0
+    assert (run / "progress.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_reaches_the_same_result(tmp_path):
+    full = run_search(tiny_config(tmp_path / "full"))
+    part = run_search(tiny_config(tmp_path / "part", stop_after_step=4))  # mid-epoch, like Ctrl-C
+    assert not part["finished"] and part["step"] == 4
+    assert load_checkpoint(str(tmp_path / "part" / "checkpoint.pt"))["step"] == 4
+    resumed = run_search(tiny_config(tmp_path / "part"), resume=True)
+    assert resumed["finished"]
+    assert torch.equal(full["thresholds"], resumed["thresholds"])
+    assert torch.equal(full["decisions"], resumed["decisions"])
+    a = load_checkpoint(str(tmp_path / "full" / "checkpoint.pt"))["model"]
+    b = load_checkpoint(str(tmp_path / "part" / "checkpoint.pt"))["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    lb = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in lines]
+    assert strip(la) == strip(lb)
+
+
+def test_thresholds_move_when_the_latency_term_is_on(tmp_path):
+    cfg = tiny_config(tmp_path / "r", lam=0.5)
+    result = run_search(cfg)
+    t = result["thresholds"]
+    # pushed up by the latency gradient (never down); the widest layers' norms are so far above
+    # 0 that their sigmoid gradient underflows in a run this short
+    assert (t[:, :2] > -1e-5).all() and (t[:8, :2] > 0).all()  # (weight decay: -1e-6)
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path[:0] = {paths!r}
+torch.set_num_threads(1)
+from spnas.search import SearchConfig, run_search
+import torch.distributed as dist
+cfg = SearchConfig(run_dir={run!r}, width_mult=0.25, image_size=16, batch_size=8, epochs=2,
+                   dropout_epochs=1, steps_per_epoch=2, progress=False, op_backend="reference",
+                   lam=0.5, threshold_lr_mult=50.0)
+r = run_search(cfg)
+torch.save({{"t": r["thresholds"], "d": r["decisions"]}}, {out!r} + "/rank" + __import__("os").environ["RANK"] + ".pt")
+"""
+
+
+def test_ddp_ranks_agree(tmp_path, env):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(paths=[root, os.path.join(root, "python")],
+                                        run=str(tmp_path / "run"), out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29533", str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert torch.equal(r0["t"], r1["t"]) and torch.equal(r0["d"], r1["d"])
+    assert (r0["t"] != 0).any()  # the thresholds did train
+    arch = json.loads((tmp_path / "run" / "arch.json").read_text())
+    assert len(arch["ops"]) == 20

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from spnas import Architecture, OPS, SearchSpace, SpnasError
+from spnas.space import MNASNET, SPNASNET_100, BlockSpec
+
+# timm's arch_def of spnasnet_100 (the authors' final Pixel 1 network).
+TIMM_SPNASNET_100 = [
+    ["ds_r1_k3_s1_c16_noskip"],
+    ["ir_r3_k3_s2_e3_c24"],
+    ["ir_r1_k5_s2_e6_c40", "ir_r3_k3_s1_e3_c40"],
+    ["ir_r1_k5_s2_e6_c80", "ir_r3_k3_s1_e3_c80"],
+    ["ir_r1_k5_s1_e6_c96", "ir_r3_k5_s1_e3_c96"],
+    ["ir_r4_k5_s2_e6_c192"],
+    ["ir_r1_k3_s1_e6_c320_noskip"],
+]
+
+
+def test_mnasnet_space_layout():
+    layers = MNASNET.layers()
+    assert len(layers) == 20
+    assert [l["out"] for l in layers[::4]] == [24, 40, 80, 96, 192]
+    assert [l["stride"] for l in layers[::4]] == [2, 2, 2, 1, 2]
+    assert [l["skippable"] for l in layers[:4]] == [False, True, True, True]
+    assert layers[0]["in"] == 16 and layers[16]["in"] == 96
+
+
+def test_authors_net_block_strings_match_timm():
+    arch = Architecture(SPNASNET_100)
+    assert arch.block_strings() == TIMM_SPNASNET_100
+    assert Architecture.from_block_strings(TIMM_SPNASNET_100) == arch
+
+
+def test_block_string_round_trip_with_skips():
+    ops = ["k5_e6", "skip", "skip", "skip"] + ["k3_e6", "k3_e6", "k5_e3", "skip"] * 4
+    arch = Architecture(ops)
+    strings = arch.block_strings()
+    assert strings[1] == ["ir_r1_k5_s2_e6_c24"]
+    assert strings[2] == ["ir_r2_k3_s2_e6_c40", "ir_r1_k5_s1_e3_c40"]
+    assert Architecture.from_block_strings(strings) == arch
+
+
+def test_json_round_trip(tmp_path):
+    arch = Architecture(["k3_e6"] * 4 + ["k5_e3", "skip", "k3_e3", "k5_e6"] * 4)
+    path = tmp_path / "a.json"
+    arch.save(str(path), predicted_ms=1.0)
+    obj = json.loads(path.read_text())
+    assert obj["ops"] == arch.ops and obj["predicted_ms"] == 1.0
+    assert Architecture.load(str(path)) == arch
+
+
+def test_authors_net_has_4_42m_parameters():
+    net = Architecture(SPNASNET_100).build(num_classes=1000)
+    n = sum(p.numel() for p in net.parameters())
+    assert round(n / 1e6, 2) == 4.42, n
+
+
+@pytest.mark.parametrize("ops, message", [
+    (["k5_e6"] * 19, "20 searchable layers"),
+    (["skip"] + ["k5_e6"] * 19, "first of its stage"),
+    (["k7_e6"] + ["k5_e6"] * 19, "unknown op"),
+])
+def test_bad_architectures(ops, message):
+    with pytest.raises(SpnasError, match=message):
+        Architecture(ops)
+
+
+def test_bad_block_strings():
+    with pytest.raises(SpnasError, match="kind"):
+        BlockSpec.parse("xx_r1_c3")
+    with pytest.raises(SpnasError, match="c<int>"):
+        BlockSpec.parse("ir_r1_k3_s1_e6")
+    with pytest.raises(SpnasError, match="stride"):
+        BlockSpec.parse("ir_r1_k3_s3_e6_c8")
+
+
+def test_user_space_is_data():
+    space = SearchSpace("tiny", 16, ("sp_r2_k5_s2_e6_c16", "sp_r3_k5_s2_e6_c24"), 64)
+    assert space.num_layers == 5
+    arch = Architecture(["k3_e3", "skip", "k5_e6", "k5_e3", "skip"], space)
+    assert arch.block_strings() == [["ir_r1_k3_s2_e3_c16"], ["ir_r1_k5_s2_e6_c24", "ir_r1_k5_s1_e3_c24"]]
+    assert Architecture.from_json(json.loads(json.dumps(arch.to_json()))) == arch
+    assert OPS[-1] == "skip"
