@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <vector>
 
 #include "../superkernel.h"
@@ -44,6 +45,15 @@ struct PlaneBlock {
   bool channels_inner() const { return sc == 1 && channels == kBlock; }
 };
 
+// A full block of an fp32 tensor whose rows are contiguous (NCHW): copied by 16x16 transposes.
+template <typename scalar_t, typename acc_t>
+constexpr bool kFloat = std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>;
+
+template <typename scalar_t, typename acc_t>
+bool transposable(const PlaneBlock<scalar_t>& b) {
+  return kFloat<scalar_t, acc_t> && b.sw == 1 && b.channels == kBlock;
+}
+
 // Copies rows [0, H) x [0, W) of a block into a padded scratch image (pixel (h, w) at
 // ((h + pad) * ld + w + pad) * kBlock), zeroing the lanes of channels past the block's end.
 template <typename scalar_t, typename acc_t>
@@ -55,6 +65,15 @@ void pack(const PlaneBlock<scalar_t>& src, int64_t H, int64_t W, int64_t pad, in
     if (src.channels_inner()) {
       for (int64_t w = 0; w < W; ++w)
         for (int64_t c = 0; c < kBlock; ++c) row[w * kBlock + c] = static_cast<acc_t>(s[w * src.sw + c]);
+    } else if (transposable<scalar_t, acc_t>(src)) {
+      // NCHW fp32: 16 channels x 16 pixels at a time through vector registers.
+      if constexpr (kFloat<scalar_t, acc_t>) {
+        int64_t w = 0;
+        for (; w + kBlock <= W; w += kBlock)
+          at::vec::transpose_mxn<float, kBlock, kBlock>(s + w, src.sc, row + w * kBlock, kBlock);
+        for (; w < W; ++w)
+          for (int64_t c = 0; c < kBlock; ++c) row[w * kBlock + c] = s[c * src.sc + w];
+      }
     } else {
       for (int64_t c = 0; c < kBlock; ++c) {
         if (c < src.channels) {
@@ -75,6 +94,14 @@ void unpack_row(const acc_t* row, int64_t W, int64_t h, const PlaneBlock<scalar_
   if (dst.channels_inner()) {
     for (int64_t w = 0; w < W; ++w)
       for (int64_t c = 0; c < kBlock; ++c) d[w * dst.sw + c] = static_cast<scalar_t>(row[w * kBlock + c]);
+  } else if (transposable<scalar_t, acc_t>(dst)) {
+    if constexpr (kFloat<scalar_t, acc_t>) {
+      int64_t w = 0;
+      for (; w + kBlock <= W; w += kBlock)
+        at::vec::transpose_mxn<float, kBlock, kBlock>(row + w * kBlock, kBlock, d + w, dst.sc);
+      for (; w < W; ++w)
+        for (int64_t c = 0; c < kBlock; ++c) d[c * dst.sc + w] = row[w * kBlock + c];
+    }
   } else {
     for (int64_t c = 0; c < dst.channels; ++c) {
       scalar_t* dc = d + c * dst.sc;
