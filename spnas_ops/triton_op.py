@@ -42,6 +42,8 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .formulas import (fake_backward, fake_forward, memory_format, output_size,
+                       register_autograd)
 
 try:  # optional: without Triton, is_available() is False and nothing below is launched
     import triton
@@ -196,16 +198,6 @@ def _kernels(interpret: bool) -> SimpleNamespace:
 
 # --- launchers ------------------------------------------------------------------------------
 
-def _output_size(size: int, stride: int) -> int:
-    return (size - 1) // stride + 1
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    # The output layout rule shared with the compiled backends (spnas_ops/_library.py).
-    return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous() else torch.contiguous_format)
-
-
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -264,9 +256,9 @@ def launch_forward(x: Tensor, w_eff: Tensor, stride: int) -> Tensor:
     dtype. y has x's dtype and the output memory format rule."""
     _check_device(x)
     n, c, h, w = x.shape
-    ho, wo = _output_size(h, stride), _output_size(w, stride)
+    ho, wo = output_size(h, stride), output_size(w, stride)
     y = torch.empty((n, c, ho, wo), dtype=x.dtype, device=x.device,
-                    memory_format=_memory_format(x))
+                    memory_format=memory_format(x))
     pixels = n * ho * wo
     if y.numel() == 0:
         return y
@@ -287,8 +279,8 @@ def launch_backward(grad_y: Tensor, x: Tensor, w_eff: Tensor, stride: int) -> tu
     """(dx, dL/dw_eff) with dL/dw_eff (C, 1, 5, 5) in w_eff's (accumulation) dtype."""
     _check_device(x)
     n, c, h, w = x.shape
-    ho, wo = _output_size(h, stride), _output_size(w, stride)
-    dx = torch.empty_like(x, memory_format=_memory_format(x))
+    ho, wo = output_size(h, stride), output_size(w, stride)
+    dx = torch.empty_like(x, memory_format=memory_format(x))
     pixels = n * ho * wo
     if pixels == 0 or c == 0:
         return dx.zero_(), torch.zeros_like(w_eff)
@@ -330,12 +322,7 @@ def _masked_dwconv_op(x: Tensor, weight: Tensor, thresholds: Tensor, scale: Tens
     return launch_forward(x, w_eff, stride), d.to(thresholds.dtype)
 
 
-@_masked_dwconv_op.register_fake
-def _(x, weight, thresholds, scale, stride, skippable):
-    n, c, h, w = x.shape
-    y = torch.empty((n, c, _output_size(h, stride), _output_size(w, stride)), dtype=x.dtype,
-                    device=x.device, memory_format=_memory_format(x))
-    return y, thresholds.new_empty(3)
+_masked_dwconv_op.register_fake(fake_forward)
 
 
 @torch.library.custom_op("spnas::masked_dwconv_triton_backward", mutates_args=())
@@ -352,32 +339,8 @@ def _masked_dwconv_backward_op(grad_y: Tensor, grad_d: Tensor, x: Tensor, weight
     return dx, grad_w.to(weight.dtype), grad_t.to(thresholds.dtype)
 
 
-@_masked_dwconv_backward_op.register_fake
-def _(grad_y, grad_d, x, weight, thresholds, scale, stride, skippable):
-    return (torch.empty_like(x, memory_format=_memory_format(x)), torch.empty_like(weight),
-            torch.empty_like(thresholds))
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, thresholds, scale, stride, skippable = inputs
-    ctx.save_for_backward(x, weight, thresholds, scale)
-    ctx.stride, ctx.skippable = stride, skippable
-
-
-def _backward(ctx, grad_y, grad_d):
-    x, weight, thresholds, scale = ctx.saved_tensors
-    if grad_d is None:
-        grad_d = thresholds.new_zeros(3)
-    if grad_y is None:  # only the decisions were used; a stride-0 zero tensor costs no memory
-        n, c, h, w = x.shape
-        grad_y = x.new_zeros(()).expand(n, c, _output_size(h, ctx.stride),
-                                        _output_size(w, ctx.stride))
-    dx, dw, dt = _masked_dwconv_backward_op(grad_y, grad_d, x, weight, thresholds, scale,
-                                            ctx.stride, ctx.skippable)
-    return dx, dw, dt, None, None, None
-
-
-_masked_dwconv_op.register_autograd(_backward, setup_context=_setup_context)
+_masked_dwconv_backward_op.register_fake(fake_backward)
+register_autograd(_masked_dwconv_op, _masked_dwconv_backward_op)
 
 
 def masked_dwconv(x: Tensor, weight: Tensor, thresholds: Tensor, scale: Tensor, stride: int,
