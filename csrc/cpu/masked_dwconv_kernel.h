@@ -125,39 +125,39 @@ struct Tap {
 template <typename acc_t>
 void row_sum(acc_t* out, int64_t out_step, int64_t pixels, const Tap<acc_t>* taps, int ntaps) {
   using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = kBlock / Vec::size();
-  constexpr int64_t s = kBlock;
-  int64_t p = 0;
-  for (; p + 4 <= pixels; p += 4) {
-    Vec a0[V], a1[V], a2[V], a3[V];
-    for (int64_t v = 0; v < V; ++v) a0[v] = a1[v] = a2[v] = a3[v] = Vec(0);
+  constexpr int64_t L = Vec::size(), V = kBlock / L;
+  auto four = [&](int64_t p) {
+    Vec a[4][V];
+    for (int jj = 0; jj < 4; ++jj)
+      for (int64_t v = 0; v < V; ++v) a[jj][v] = Vec(0);
     for (int t = 0; t < ntaps; ++t) {
-      const acc_t* x = taps[t].src + p * s;
+      const acc_t* x = taps[t].src + p * kBlock;
+#pragma GCC unroll 4
       for (int64_t v = 0; v < V; ++v) {
-        const Vec w = Vec::loadu(taps[t].w + v * Vec::size());
-        const int64_t o = v * Vec::size();
-        a0[v] = at::vec::fmadd(w, Vec::loadu(x + o), a0[v]);
-        a1[v] = at::vec::fmadd(w, Vec::loadu(x + s + o), a1[v]);
-        a2[v] = at::vec::fmadd(w, Vec::loadu(x + 2 * s + o), a2[v]);
-        a3[v] = at::vec::fmadd(w, Vec::loadu(x + 3 * s + o), a3[v]);
+        const Vec w = Vec::loadu(taps[t].w + v * L);
+#pragma GCC unroll 4
+        for (int jj = 0; jj < 4; ++jj)
+          a[jj][v] = at::vec::fmadd(w, Vec::loadu(x + jj * kBlock + v * L), a[jj][v]);
       }
     }
-    acc_t* o = out + p * out_step * kBlock;
-    for (int64_t v = 0; v < V; ++v) {
-      a0[v].store(o + v * Vec::size());
-      a1[v].store(o + out_step * kBlock + v * Vec::size());
-      a2[v].store(o + 2 * out_step * kBlock + v * Vec::size());
-      a3[v].store(o + 3 * out_step * kBlock + v * Vec::size());
-    }
+    for (int jj = 0; jj < 4; ++jj)
+      for (int64_t v = 0; v < V; ++v) a[jj][v].store(out + (p + jj) * out_step * kBlock + v * L);
+  };
+  int64_t p = 0;
+  for (; p + 4 <= pixels; p += 4) four(p);
+  if (p == pixels) return;
+  if (pixels >= 4) {  // the last four pixels again, as in dense_row
+    four(pixels - 4);
+    return;
   }
   for (; p < pixels; ++p) {
     Vec a[V];
     for (int64_t v = 0; v < V; ++v) a[v] = Vec(0);
     for (int t = 0; t < ntaps; ++t)
       for (int64_t v = 0; v < V; ++v)
-        a[v] = at::vec::fmadd(Vec::loadu(taps[t].w + v * Vec::size()),
-                              Vec::loadu(taps[t].src + p * s + v * Vec::size()), a[v]);
-    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * out_step * kBlock + v * Vec::size());
+        a[v] = at::vec::fmadd(Vec::loadu(taps[t].w + v * L),
+                              Vec::loadu(taps[t].src + p * kBlock + v * L), a[v]);
+    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * out_step * kBlock + v * L);
   }
 }
 
@@ -199,27 +199,33 @@ void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
   constexpr int k0 = (5 - K) / 2;
-  int64_t p = 0;
-  for (; p + 4 <= pixels; p += 4) {
-    for (int64_t v = 0; v < V; ++v) {
-      Vec a0(0), a1(0), a2(0), a3(0);
-      for (int kh = k0; kh < k0 + K; ++kh) {
-        const acc_t* x = rows[kh] + p * S * kBlock + v * L;
+  // 4 pixels x V vectors of independent accumulators: enough chains to hide FMA latency.
+  auto four = [&](int64_t p) {
+    Vec a[4][V];
+    for (int jj = 0; jj < 4; ++jj)
+      for (int64_t v = 0; v < V; ++v) a[jj][v] = Vec(0);
+    for (int kh = k0; kh < k0 + K; ++kh) {
+      const acc_t* x = rows[kh] + p * S * kBlock;
 #pragma GCC unroll 5
-        for (int kw = k0; kw < k0 + K; ++kw) {
+      for (int kw = k0; kw < k0 + K; ++kw) {
+#pragma GCC unroll 4
+        for (int64_t v = 0; v < V; ++v) {
           const Vec wv = Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L);
-          a0 = at::vec::fmadd(wv, Vec::loadu(x + kw * kBlock), a0);
-          a1 = at::vec::fmadd(wv, Vec::loadu(x + (S + kw) * kBlock), a1);
-          a2 = at::vec::fmadd(wv, Vec::loadu(x + (2 * S + kw) * kBlock), a2);
-          a3 = at::vec::fmadd(wv, Vec::loadu(x + (3 * S + kw) * kBlock), a3);
+#pragma GCC unroll 4
+          for (int jj = 0; jj < 4; ++jj)
+            a[jj][v] = at::vec::fmadd(wv, Vec::loadu(x + (jj * S + kw) * kBlock + v * L), a[jj][v]);
         }
       }
-      acc_t* o = out + p * kBlock + v * L;
-      a0.store(o);
-      a1.store(o + kBlock);
-      a2.store(o + 2 * kBlock);
-      a3.store(o + 3 * kBlock);
     }
+    for (int jj = 0; jj < 4; ++jj)
+      for (int64_t v = 0; v < V; ++v) a[jj][v].store(out + (p + jj) * kBlock + v * L);
+  };
+  int64_t p = 0;
+  for (; p + 4 <= pixels; p += 4) four(p);
+  if (p == pixels) return;
+  if (pixels >= 4) {  // the last four pixels again: a sum is idempotent, a tail loop is slow
+    four(pixels - 4);
+    return;
   }
   for (; p < pixels; ++p) {
     for (int64_t v = 0; v < V; ++v) {
@@ -289,16 +295,21 @@ void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy
     const acc_t* dy = DY + ((i + dy_pad) * dy_ld + dy_pad) * kBlock;
     for (int kh = 0; kh < 5; ++kh) {
       const acc_t* x = X + (i * stride + kh) * x_ld * kBlock;
-      for (int64_t v = 0; v < V; ++v) {
-        Vec a[5];
-        for (int kw = 0; kw < 5; ++kw) a[kw] = Vec(0);
-        for (int64_t j = 0; j < Wo; ++j) {
+      Vec a[5][V];  // 5 taps x V vectors of independent accumulators
+      for (int kw = 0; kw < 5; ++kw)
+        for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
+      for (int64_t j = 0; j < Wo; ++j) {
+        const acc_t* xj = x + j * stride * kBlock;
+#pragma GCC unroll 4
+        for (int64_t v = 0; v < V; ++v) {
           const Vec d = Vec::loadu(dy + j * kBlock + v * L);
-          const acc_t* xj = x + j * stride * kBlock + v * L;
-          for (int kw = 0; kw < 5; ++kw) a[kw] = at::vec::fmadd(d, Vec::loadu(xj + kw * kBlock), a[kw]);
+#pragma GCC unroll 5
+          for (int kw = 0; kw < 5; ++kw)
+            a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * kBlock + v * L), a[kw][v]);
         }
-        for (int kw = 0; kw < 5; ++kw) plane[kh * 5 + kw][v] = plane[kh * 5 + kw][v] + a[kw];
       }
+      for (int kw = 0; kw < 5; ++kw)
+        for (int64_t v = 0; v < V; ++v) plane[kh * 5 + kw][v] = plane[kh * 5 + kw][v] + a[kw][v];
     }
   }
   alignas(64) acc_t lanes[kBlock];
