@@ -60,8 +60,8 @@ template <typename scalar_t, typename acc_t>
 void pack(const PlaneBlock<scalar_t>& src, int64_t H, int64_t W, int64_t pad, int64_t ld,
           acc_t* dst) {
   for (int64_t h = 0; h < H; ++h) {
-    acc_t* row = dst + ((h + pad) * ld + pad) * kBlock;
-    const scalar_t* s = src.data + h * src.sh;
+    acc_t* __restrict__ row = dst + ((h + pad) * ld + pad) * kBlock;
+    const scalar_t* __restrict__ s = src.data + h * src.sh;
     if (src.channels_inner()) {
       for (int64_t w = 0; w < W; ++w)
         for (int64_t c = 0; c < kBlock; ++c) row[w * kBlock + c] = static_cast<acc_t>(s[w * src.sw + c]);
@@ -89,8 +89,9 @@ void pack(const PlaneBlock<scalar_t>& src, int64_t H, int64_t W, int64_t pad, in
 
 // Writes one computed row (W pixels of kBlock lanes, contiguous) into row h of a block.
 template <typename scalar_t, typename acc_t>
-void unpack_row(const acc_t* row, int64_t W, int64_t h, const PlaneBlock<scalar_t>& dst) {
-  scalar_t* d = dst.data + h * dst.sh;
+void unpack_row(const acc_t* __restrict__ row, int64_t W, int64_t h,
+                const PlaneBlock<scalar_t>& dst) {
+  scalar_t* __restrict__ d = dst.data + h * dst.sh;
   if (dst.channels_inner()) {
     for (int64_t w = 0; w < W; ++w)
       for (int64_t c = 0; c < kBlock; ++c) d[w * dst.sw + c] = static_cast<scalar_t>(row[w * kBlock + c]);
