@@ -1,0 +1,144 @@
+"""The networks a runtime model is measured from: each (searchable layer, op) as its own model at
+its real input shape, and the fixed parts of the space (stem, fixed blocks, head).
+
+Every module here is built from the same blocks `Architecture.build` uses (spnas.layers), so a
+layer timed alone is, op for op, the layer inside the child network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Callable
+
+from torch import nn
+
+from ..layers import ConvBnReLU, Head, make_block
+from ..space import CONV_OPS, OP_SHAPE, OPS, Architecture, SearchSpace, get_space
+
+__all__ = [
+    "Piece",
+    "layer_input_shapes",
+    "layer_pieces",
+    "fixed_pieces",
+    "random_architecture",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """One model to time. `key` names it in measurement files: "layer<i>/<op>" or "fixed<j>"."""
+
+    key: str
+    input_shape: tuple[int, int, int, int]  # NCHW, batch 1
+    build: Callable[[], nn.Module]
+    layer: int | None = None
+    op: str | None = None
+
+
+def _downsample(size: int, stride: int) -> int:
+    # "same" padding (k // 2) with an odd kernel: out = ceil(in / stride)
+    return -(-size // stride)
+
+
+def _walk(space: SearchSpace, image_size: int):
+    """(block spec, repeat index, in_channels, in_size, stride) for every block after the stem."""
+    size = _downsample(image_size, 2)
+    cin = space.stem
+    for spec in space.blocks:
+        for r in range(spec.repeats):
+            stride = spec.stride if r == 0 else 1
+            yield spec, r, cin, size, stride
+            cin, size = spec.out, _downsample(size, stride)
+
+
+def layer_input_shapes(space: "str | SearchSpace", image_size: int) -> list[tuple[int, int, int, int]]:
+    """NCHW input shape of each searchable layer (index order of `space.layers()`).
+
+    Skipped layers keep the shape (a skippable layer has stride 1 and equal widths), so the
+    shape does not depend on the other layers' choices.
+    """
+    space = get_space(space)
+    return [(1, cin, size, size) for spec, _, cin, size, _ in _walk(space, image_size)
+            if spec.kind == "sp"]
+
+
+def layer_pieces(space: "str | SearchSpace", image_size: int) -> list[Piece]:
+    """Every (searchable layer, conv op) as a single MBConv at its input shape ("skip" costs 0)."""
+    space = get_space(space)
+    layers = space.layers()
+    shapes = layer_input_shapes(space, image_size)
+    pieces = []
+    for layer, shape in zip(layers, shapes):
+        for op in CONV_OPS:
+            kernel, expand = OP_SHAPE[op]
+
+            def build(layer=layer, kernel=kernel, expand=expand):
+                return make_block("ir", layer["in"], layer["out"], kernel, layer["stride"], expand,
+                                  False, space.bn_eps)
+
+            pieces.append(Piece(f"layer{layer['index']}/{op}", shape, build, layer["index"], op))
+    return pieces
+
+
+class _Chain(nn.Sequential):
+    """Consecutive fixed blocks timed as one model."""
+
+
+def fixed_pieces(space: "str | SearchSpace", image_size: int, num_classes: int = 1000) -> list[Piece]:
+    """The fixed parts: each maximal run of non-searchable blocks, the stem joined to the first
+    run and the head (conv1x1, pool, FC) to the last, as one model at its input shape."""
+    space = get_space(space)
+    runs: list[dict] = []  # {"start": (cin, size), "blocks": [...]} per run of fixed blocks
+    current = None
+    for spec, r, cin, size, stride in _walk(space, image_size):
+        if spec.kind == "sp":
+            current = None
+            continue
+        if current is None:
+            current = {"cin": cin, "size": size, "blocks": []}
+            runs.append(current)
+        current["blocks"].append((spec, cin, stride))
+    last_out = space.blocks[-1].out
+    last_size = image_size
+    for _, _, _, size, stride in _walk(space, image_size):
+        last_size = _downsample(size, stride)
+    first_is_fixed = space.blocks[0].kind != "sp"
+    last_is_fixed = space.blocks[-1].kind != "sp"
+    if not first_is_fixed:
+        runs.insert(0, {"cin": space.stem, "size": _downsample(image_size, 2), "blocks": []})
+    if not last_is_fixed:
+        runs.append({"cin": last_out, "size": last_size, "blocks": []})
+
+    pieces = []
+    for j, run in enumerate(runs):
+        with_stem = j == 0
+        with_head = j == len(runs) - 1
+
+        def build(run=run, with_stem=with_stem, with_head=with_head):
+            modules = []
+            if with_stem:
+                modules.append(ConvBnReLU(3, space.stem, 3, 2, bn_eps=space.bn_eps))
+            cout = run["cin"]
+            for spec, cin, stride in run["blocks"]:
+                modules.append(make_block(spec.kind, cin, spec.out, spec.kernel, stride,
+                                          spec.expand, spec.noskip, space.bn_eps))
+                cout = spec.out
+            if with_head:
+                modules.append(Head(cout, space.head, num_classes, 0.0, space.bn_eps))
+            return _Chain(*modules)
+
+        shape = (1, 3, image_size, image_size) if with_stem else (1, run["cin"], run["size"], run["size"])
+        pieces.append(Piece(f"fixed{j}", shape, build))
+    return pieces
+
+
+def random_architecture(space: "str | SearchSpace", rng: random.Random) -> Architecture:
+    """Each layer's op uniformly among those it allows ("skip" only where skippable)."""
+    space = get_space(space)
+    ops = []
+    for layer in space.layers():
+        choices = OPS if layer["skippable"] else CONV_OPS
+        ops.append(rng.choice(choices))
+    return Architecture(ops, space)
+
