@@ -250,6 +250,17 @@ void dense_row(int64_t stride, int kernel, acc_t* out, int64_t pixels, const acc
     (kernel == 5 ? dense_row<acc_t, 2, 5> : dense_row<acc_t, 2, 3>)(out, pixels, rows, w);
 }
 
+// Zeroed scratch of n values, kept per thread and slot across calls: a fresh allocation of
+// this size is a fresh mmap, whose first touch costs a page fault per 4 KiB.
+template <typename acc_t>
+acc_t* thread_scratch(int slot, int64_t n) {
+  thread_local std::vector<acc_t> buffers[3];
+  std::vector<acc_t>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  std::fill_n(b.data(), n, acc_t(0));
+  return b.data();
+}
+
 inline int64_t output_size(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
 
 template <typename scalar_t>
@@ -263,19 +274,20 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
   for (int64_t b = 0; b < blocks; ++b)
     weights.emplace_back(w_eff + b * kBlock * kTaps, std::min(kBlock, C - b * kBlock));
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> X((H + 2 * kPad) * ld * kBlock, acc_t(0)), row(Wo * kBlock);
+    acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * ld * kBlock);
+    acc_t* row = thread_scratch<acc_t>(1, Wo * kBlock);
     const acc_t* rows[5];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, b = task % blocks, c0 = b * kBlock;
       const int64_t nc = std::min(kBlock, C - c0);
       const BlockWeight<acc_t>& bw = weights[b];
       const PlaneBlock<scalar_t> out(y, n, c0, nc);
-      if (bw.count > 0) pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, ld, X.data());
-      else std::fill(row.begin(), row.end(), acc_t(0));  // a skipped layer: y = 0
+      if (bw.count > 0) pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, ld, X);
+      else std::fill_n(row, Wo * kBlock, acc_t(0));  // a skipped layer: y = 0
       for (int64_t i = 0; i < Ho; ++i) {
-        for (int kh = 0; kh < 5; ++kh) rows[kh] = X.data() + (i * stride + kh) * ld * kBlock;
-        if (bw.kernel > 0) dense_row(stride, bw.kernel, row.data(), Wo, rows, bw.w);
-        unpack_row(row.data(), Wo, i, out);
+        for (int kh = 0; kh < 5; ++kh) rows[kh] = X + (i * stride + kh) * ld * kBlock;
+        if (bw.kernel > 0) dense_row(stride, bw.kernel, row, Wo, rows, bw.w);
+        unpack_row(row, Wo, i, out);
       }
     }
   });
@@ -333,29 +345,30 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
   std::fill(g_eff, g_eff + C * kTaps, 0.0);
   // One task per channel block, looping over the batch in order: deterministic sums.
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> X((H + 2 * kPad) * x_ld * kBlock, acc_t(0)),
-        DY((Ho + 2 * dy_pad) * dy_ld * kBlock, acc_t(0)), row(W * kBlock, acc_t(0));
+    acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);
+    acc_t* DY = thread_scratch<acc_t>(1, (Ho + 2 * dy_pad) * dy_ld * kBlock);
+    acc_t* row = thread_scratch<acc_t>(2, W * kBlock);
     Tap<acc_t> taps[kTaps];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t c0 = b * kBlock, nc = std::min(kBlock, C - c0);
       const BlockWeight<acc_t> bw(w_eff + c0 * kTaps, nc);
       std::vector<double> g(kTaps * kBlock, 0.0);
       for (int64_t n = 0; n < N; ++n) {
-        pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, x_ld, X.data());
-        pack(PlaneBlock<scalar_t>(dy, n, c0, nc), Ho, Wo, dy_pad, dy_ld, DY.data());
-        weight_grad_block(X.data(), x_ld, DY.data(), dy_ld, dy_pad, Ho, Wo, stride, g.data());
+        pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, x_ld, X);
+        pack(PlaneBlock<scalar_t>(dy, n, c0, nc), Ho, Wo, dy_pad, dy_ld, DY);
+        weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, g.data());
         const PlaneBlock<scalar_t> out(dx, n, c0, nc);
         for (int64_t p = 0; p < H; ++p) {
           if (bw.count == 0) {  // a skipped layer or unused expansion channels: dx = 0
-            std::fill(row.begin(), row.end(), acc_t(0));
-            unpack_row(row.data(), W, p, out);
+            std::fill_n(row, W * kBlock, acc_t(0));
+            unpack_row(row, W, p, out);
             continue;
           }
           if (stride == 1) {
             // dx[p][q] = sum_{a,b} flipped[a][b] * DY[p + a][q + b]: a stride-1 convolution.
             const acc_t* rows[5];
-            for (int a = 0; a < 5; ++a) rows[a] = DY.data() + (p + a) * dy_ld * kBlock;
-            dense_row(1, bw.kernel, row.data(), W, rows, bw.flipped);
+            for (int a = 0; a < 5; ++a) rows[a] = DY + (p + a) * dy_ld * kBlock;
+            dense_row(1, bw.kernel, row, W, rows, bw.flipped);
           } else {
             // Stride 2: dx[p][2m + e] takes the taps with kh = p and kw = e (mod 2), from dy
             // row (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2 (DY offsets + 1).
@@ -364,19 +377,19 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
               for (int k = 0; k < bw.count; ++k) {
                 const int t = bw.active[k], kh = t / 5, kw = t % 5;
                 if (((p + kh) & 1) || ((kw - e) & 1)) continue;
-                taps[count++] = {DY.data() + (((p + 2 - kh) / 2 + 1) * dy_ld + 1 + (e + 2 - kw) / 2) * kBlock,
+                taps[count++] = {DY + (((p + 2 - kh) / 2 + 1) * dy_ld + 1 + (e + 2 - kw) / 2) * kBlock,
                                  bw.w + t * kBlock};
               }
               const int64_t pixels = (W - e + 1) / 2;
               if (count == 0) {
                 for (int64_t m = 0; m < pixels; ++m)
-                  std::fill_n(row.data() + (2 * m + e) * kBlock, kBlock, acc_t(0));
+                  std::fill_n(row + (2 * m + e) * kBlock, kBlock, acc_t(0));
               } else {
-                row_sum(row.data() + e * kBlock, 2, pixels, taps, count);
+                row_sum(row + e * kBlock, 2, pixels, taps, count);
               }
             }
           }
-          unpack_row(row.data(), W, p, out);
+          unpack_row(row, W, p, out);
         }
       }
       for (int64_t c = 0; c < nc; ++c)
