@@ -18,6 +18,7 @@ COMMANDS = (
     "spnas.commands.derive",
     "spnas.commands.latency",
     "spnas.commands.plot",
+    "spnas.commands.train",
     "spnas.bench",
     "spnas.harness.cli",
 )

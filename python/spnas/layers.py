@@ -56,6 +56,24 @@ class SuperDepthwiseConv2d(nn.Module):
                              self.skippable)
         return tuple(int(v != 0) for v in d.tolist())
 
+    @torch.no_grad()
+    def place_thresholds(self, margin: float) -> None:
+        """Put each threshold `margin` below the norm its indicator compares, all decisions on.
+
+        The indicator's gradient is sigmoid'(||w|| - t): with t = 0 and He-initialised kernels
+        (||w|| ~ 1.1*sqrt(C), 10-40 in the mnasnet space) it is ~1e-5..1e-17, so no loss can move
+        a decision in a search of practical length. At ||w|| - t = margin the gradient is
+        sigmoid'(margin) (0.20 for 1.0): every decision starts at the largest op and responds to
+        the latency and accuracy terms at once. The norms are those of `masked_weight` with all
+        decisions on: the outer ring, the e6 half (5x5), the e3 half (5x5).
+        """
+        from spnas_ops.reference import inner_mask
+        w = self.weight.float().reshape(self.channels, SUPER_KERNEL, SUPER_KERNEL)
+        half = self.channels // 2
+        norms = torch.stack([torch.linalg.vector_norm(w * (1 - inner_mask(w.device))),
+                             torch.linalg.vector_norm(w[half:]), torch.linalg.vector_norm(w[:half])])
+        self.thresholds.copy_(norms - margin)
+
     def extra_repr(self) -> str:
         return (f"{self.channels}, stride={self.stride}, skippable={self.skippable}, "
                 f"op_backend={self.op_backend!r}")
@@ -188,7 +206,10 @@ class Head(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, x):
-        x = self.conv(x).mean((2, 3))
+        # keepdim then flatten (not mean((2, 3))): converters that carry an NHWC layout through
+        # the network keep it through a rank-preserving reduction, so the head exports to TFLite
+        # without a TRANSPOSE.
+        x = self.conv(x).mean((2, 3), keepdim=True).flatten(1)
         if self.drop_rate > 0:
             x = F.dropout(x, self.drop_rate, self.training)
         return self.classifier(x)

@@ -15,25 +15,35 @@ of an uninterrupted one, and every rank draws the same indicator-dropout masks.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import data as datamod
 from .errors import SpnasError
-from .io import atomic_torch_save, atomic_write, atomic_write_json
+from .io import atomic_torch_save, atomic_write_json
 from .optim import EMA, RMSpropTF, learning_rate
 from .runtime import FORMULAS, RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
+from .training import (
+    Dist,
+    MetricsLog,
+    StopFlag,
+    decay_parameters,
+    epoch_batches,
+    evaluate,
+    fresh_run_dir,
+    load_checkpoint,
+    progress_bar,
+    truncate_metrics,
+)
+from .training import steps_per_epoch as count_steps
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -55,12 +65,15 @@ class SearchConfig:
     runtime_model: str = "pixel1"       # preset name or runtime-model file
     formula: str = "lut"
     epochs: int = 8
-    dropout_epochs: float = 5.0         # lambda = 0 and indicator dropout before this epoch
+    dropout_epochs: float | None = None  # lambda = 0 and indicator dropout before this epoch;
+                                        # None: the paper's 5 with --data, 2 on the built-in digits
     indicator_keep: float = 0.6
     batch_size: int = 64                # per process
     lr: float | None = None             # None: lr_per_256 * global batch / 256
     lr_per_256: float = 0.016
     threshold_lr_mult: float = 1.0      # thresholds' learning rate relative to the weights'
+    threshold_margin: float | None = 1.0  # when the latency term starts, t = ||w|| - margin
+                                        # (None: leave them; the paper initialises them to 0)
     lr_decay: float = 0.97
     lr_decay_epochs: float = 2.4
     warmup_epochs: float = 0.0
@@ -88,13 +101,16 @@ class SearchConfig:
         need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, "batch-size", f"must be >= 1, got {self.batch_size}")
         need(0 < self.indicator_keep <= 1, "indicator-keep", f"must be in (0, 1], got {self.indicator_keep}")
-        need(self.dropout_epochs >= 0, "dropout-epochs", f"must be >= 0, got {self.dropout_epochs}")
+        need(self.dropout_epochs is None or self.dropout_epochs >= 0, "dropout-epochs",
+             f"must be >= 0, got {self.dropout_epochs}")
         need(self.width_mult > 0, "width-mult", f"must be > 0, got {self.width_mult}")
         need(self.lam >= 0, "lambda", f"must be >= 0, got {self.lam}")
         need(self.target_ms is None or self.target_ms > 0, "target-ms", f"must be > 0, got {self.target_ms}")
         need(self.formula in FORMULAS, "formula", f"must be one of {', '.join(FORMULAS)}")
         need(self.lr_decay_epochs > 0, "lr-decay-epochs", "must be > 0")
         need(self.threshold_lr_mult >= 0, "threshold-lr-mult", "must be >= 0")
+        need(self.threshold_margin is None or math.isfinite(self.threshold_margin), "threshold-margin",
+             "must be a number or 'off'")
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps-per-epoch", "must be >= 1")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
              f"must be auto, cpu or cuda[:N], got {self.device!r}")
@@ -102,81 +118,14 @@ class SearchConfig:
             raise SpnasError(f"--op-backend must be auto, reference, cpu, cuda or triton, got {self.op_backend!r}")
 
 
-# -- distributed helpers ---------------------------------------------------------------------------
-
-class _Dist:
-    """World size / rank from torchrun's environment; a no-op for a single process."""
-
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda":
-            device = f"cuda:{self.local_rank}"
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise SpnasError("--device cuda: no CUDA device is available")
-            torch.cuda.set_device(self.device)
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def broadcast(self, obj):
-        if self.world == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def any(self, flag: bool) -> bool:
-        if self.world == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self):
-        if self.owns_group:
-            dist.destroy_process_group()
-
-
-class _StopFlag:
-    """First Ctrl-C (or SIGTERM) asks to stop after the current step; a second one aborts."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 # -- pieces of the recipe --------------------------------------------------------------------------
+
+def default_dropout_epochs(data: str | None) -> float:
+    """The paper's 5 of 8 epochs on real data; 2 on the built-in digits (1438 images, 22 steps an
+    epoch), where 110 steps of training random children leave the weights worse than at the
+    start (CE above chance) and too few clean steps remain for the latency phase."""
+    return 5.0 if data else 2.0
+
 
 def indicator_scales(num_layers: int, keep: float, seed: int, step: int) -> torch.Tensor:
     """Indicator-dropout multipliers r: Bernoulli(keep)/keep per indicator, fixed by (seed, step)."""
@@ -185,60 +134,9 @@ def indicator_scales(num_layers: int, keep: float, seed: int, step: int) -> torc
     return kept / keep
 
 
-def decay_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Everything but BatchNorm's parameters (the authors' weight-decay set, thresholds included)."""
-    bn = set()
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            bn |= {id(p) for p in m.parameters(recurse=False)}
-    return [p for p in model.parameters() if id(p) not in bn]
-
-
-def _fresh_run_dir(base: str = os.path.join("runs", "search")) -> str:
-    if not os.path.exists(os.path.join(base, CHECKPOINT)) and not os.path.exists(os.path.join(base, ARCH)):
-        return base
-    i = 2
-    while os.path.exists(f"{base}-{i}"):
-        i += 1
-    return f"{base}-{i}"
-
-
-def load_checkpoint(path: str) -> dict:
-    """A search checkpoint, loaded safely (weights_only=True: tensors and plain containers only)."""
-    if not os.path.exists(path):
-        raise SpnasError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SpnasError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
-
-
 def build_supernet(cfg: SearchConfig, num_classes: int) -> SinglePathSuperNet:
     return SinglePathSuperNet(cfg.space, num_classes=num_classes, width_mult=cfg.width_mult,
                               op_backend=cfg.op_backend)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, batch_size: int, device, workers: int = 0) -> float:
-    model.eval()
-    correct = total = 0
-    n = len(dataset)
-    batches = [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
-    for x, y in datamod.loader(dataset, batches, workers):
-        x, y = x.to(device), y.to(device)
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
-    model.train()
-    return correct / max(total, 1)
-
-
-def _truncate_metrics(path: str, steps_done: int) -> None:
-    """On resume, drop records written after the checkpoint, so the log matches one clean run."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= steps_done]
-    atomic_write(path, lambda f: f.writelines(keep))
 
 
 # -- the driver --------------------------------------------------------------------------------------
@@ -246,20 +144,17 @@ def _truncate_metrics(path: str, steps_done: int) -> None:
 def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
     """Run (or resume) a search. Returns a summary dict; the run folder ends with arch.json."""
     cfg.check()
+    if cfg.dropout_epochs is None:
+        cfg.dropout_epochs = default_dropout_epochs(cfg.data)
     out = out or sys.stdout
-    d = _Dist(cfg.device)
+    d = Dist(cfg.device)
     try:
         return _run(cfg, resume, d, out)
     finally:
         d.close()
 
 
-def _say(d: _Dist, out, text: str) -> None:
-    if d.main:
-        print(text, file=out, flush=True)
-
-
-def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
+def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     ckpt = None
     if resume:
         if not cfg.run_dir:
@@ -274,7 +169,7 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
         cfg.check()
     else:
         if cfg.run_dir is None:
-            cfg.run_dir = d.broadcast(_fresh_run_dir() if d.main else None)
+            cfg.run_dir = d.broadcast(fresh_run_dir(os.path.join("runs", "search"), (CHECKPOINT, ARCH)) if d.main else None)
         elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
             raise SpnasError(f"--run-dir {cfg.run_dir} already holds a search; continue it with "
                              f"--resume {cfg.run_dir} or choose another --run-dir")
@@ -292,12 +187,7 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
                          f"({space.num_layers} layers)")
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
     global_batch = cfg.batch_size * d.world
-    steps_per_epoch = len(split.train) // global_batch
-    if steps_per_epoch == 0:
-        raise SpnasError(f"--batch-size {cfg.batch_size} x {d.world} process(es) is larger than the "
-                         f"{len(split.train)} training images")
-    if cfg.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+    steps_per_epoch = count_steps(len(split.train), cfg.batch_size, d.world, cfg.steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     base_lr = cfg.lr if cfg.lr is not None else cfg.lr_per_256 * global_batch / 256
 
@@ -317,14 +207,14 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
         ema.load_state_dict(ckpt["ema"])
         steps_done, lam = int(ckpt["step"]), float(ckpt["lambda"])
         if d.main:
-            _truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
+            truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
     model = net
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     eval_net = build_supernet(cfg, len(split.classes)).to(d.device) if d.main else None
 
-    _say(d, out, f"spnas search -> {run_dir}\n  data: {split.description}\n"
+    d.say(out, f"spnas search -> {run_dir}\n  data: {split.description}\n"
                  f"  supernet: space {space.name}, width x{cfg.width_mult}, op backend "
                  f"{cfg.op_backend}; {d.world} process(es) on {d.device.type}\n"
                  f"  {cfg.epochs} epochs x {steps_per_epoch} steps, global batch {global_batch}, "
@@ -333,17 +223,9 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
                  + f" after epoch {cfg.dropout_epochs:g}; runtime model {cfg.runtime_model}"
                  + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
-    metrics = open(os.path.join(run_dir, METRICS), "a") if d.main else None
-    bar = None
-    if d.main and cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=steps_done, desc="search", unit="step", file=sys.stderr,
-                   dynamic_ncols=True)
-
-    def log(record: dict) -> None:
-        if metrics is not None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
+    metrics = MetricsLog(os.path.join(run_dir, METRICS), d.main)
+    log = metrics.log
+    bar = progress_bar(d.main and cfg.progress, total_steps, steps_done, "search")
 
     def save() -> None:
         if d.main:
@@ -355,12 +237,10 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
 
     interrupted = False
     started = time.time()
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         while steps_done < total_steps and not interrupted:
-            epoch = steps_done // steps_per_epoch
-            batches = datamod.epoch_batches(len(split.train), cfg.batch_size, d.world, d.rank,
-                                            cfg.seed, epoch)[:steps_per_epoch]
-            batches = batches[steps_done - epoch * steps_per_epoch:]
+            batches = epoch_batches(len(split.train), cfg.batch_size, d, cfg.seed, steps_per_epoch,
+                                    steps_done)
             for x, y in datamod.loader(split.train, batches, cfg.workers):
                 x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
                 epoch_f = steps_done / steps_per_epoch
@@ -368,6 +248,10 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
                 for group in opt.param_groups:
                     group["lr"] = lr * group["lr_mult"]
                 searching = epoch_f >= cfg.dropout_epochs
+                if searching and cfg.threshold_margin is not None and (
+                        steps_done == 0 or (steps_done - 1) / steps_per_epoch < cfg.dropout_epochs):
+                    # the first step of the latency phase: decisions where the losses can move them
+                    net.place_thresholds(cfg.threshold_margin)
                 torch.manual_seed(cfg.seed * 1_000_003 + steps_done)
                 scales = None
                 if not searching and cfg.indicator_keep < 1:
@@ -419,11 +303,10 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
             save()
     if bar is not None:
         bar.close()
-    if metrics is not None:
-        metrics.close()
+    metrics.close()
     if interrupted:
         save()
-        _say(d, out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
+        d.say(out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
                      f"Continue with: spnas search --resume {run_dir}")
         return {"run_dir": run_dir, "finished": False, "step": steps_done}
 
@@ -433,7 +316,7 @@ def _run(cfg: SearchConfig, resume: bool, d: _Dist, out) -> dict:
     if d.main:
         arch.save(os.path.join(run_dir, ARCH), **extra)
     d.barrier()
-    _say(d, out, format_result(arch, cfg.runtime_model, predicted, os.path.join(run_dir, ARCH),
+    d.say(out, format_result(arch, cfg.runtime_model, predicted, os.path.join(run_dir, ARCH),
                                seconds=time.time() - started))
     return {"run_dir": run_dir, "finished": True, "step": steps_done, "arch": arch,
             "predicted_ms": predicted, "decisions": net.hard_decisions(),

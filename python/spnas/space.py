@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -211,6 +212,34 @@ def scale_width(channels: int, width_mult: float) -> int:
     return channels if width_mult == 1.0 else make_divisible(channels * width_mult)
 
 
+def downsample(size: int, stride: int) -> int:
+    """Spatial size after a "same"-padded (k // 2, odd k) stride: ceil(size / stride)."""
+    return -(-size // stride)
+
+
+def block_inputs(space: "str | SearchSpace", image_size: int):
+    """(block spec, repeat index, in_channels, in_size, stride) for every block after the stem,
+    at width 1.0 and a square `image_size` input."""
+    space = get_space(space)
+    size = downsample(image_size, 2)
+    cin = space.stem
+    for spec in space.blocks:
+        for r in range(spec.repeats):
+            stride = spec.stride if r == 0 else 1
+            yield spec, r, cin, size, stride
+            cin, size = spec.out, downsample(size, stride)
+
+
+def layer_input_shapes(space: "str | SearchSpace", image_size: int) -> list[tuple[int, int, int, int]]:
+    """NCHW input shape (batch 1) of each searchable layer, in the index order of `space.layers()`.
+
+    Skipped layers keep the shape (a skippable layer has stride 1 and equal widths), so the
+    shape does not depend on the other layers' choices.
+    """
+    return [(1, cin, size, size) for spec, _, cin, size, _ in block_inputs(space, image_size)
+            if spec.kind == "sp"]
+
+
 ARCH_FORMAT = "spnas-architecture"
 
 
@@ -358,6 +387,15 @@ SPNASNET_100 = ("k3_e3", "k3_e3", "k3_e3", "skip",
                 "k5_e6", "k5_e3", "k5_e3", "k5_e3",
                 "k5_e6", "k5_e6", "k5_e6", "k5_e6")
 
+
+def random_architecture(space: "str | SearchSpace", rng: random.Random) -> Architecture:
+    """Each layer's op uniformly among those it allows ("skip" only where skippable)."""
+    space = get_space(space)
+    ops = [rng.choice(OPS if layer["skippable"] else CONV_OPS) for layer in space.layers()]
+    return Architecture(ops, space)
+
+
 __all__ = ["OPS", "CONV_OPS", "OP_SHAPE", "BlockSpec", "SearchSpace", "MNASNET", "register_space",
+           "downsample", "block_inputs", "layer_input_shapes", "random_architecture",
            "get_space", "Architecture", "SPNASNET_100", "op_from_decisions", "make_divisible",
            "scale_width"]

@@ -74,6 +74,12 @@ class SinglePathSuperNet(nn.Module):
         """Expected latency (ms) of the last forward's decisions under a RuntimeModel."""
         return model.expected(self.decisions(), formula=formula)
 
+    def place_thresholds(self, margin: float) -> None:
+        """Every searchable layer's thresholds `margin` below their norms (see
+        `SuperDepthwiseConv2d.place_thresholds`); the search does this when the latency term starts."""
+        for b in self.searchable:
+            b.superkernel.place_thresholds(margin)
+
     @torch.no_grad()
     def hard_decisions(self) -> torch.Tensor:
         """(num_layers, 3) 0/1 decisions from the current weights and thresholds (no dropout)."""

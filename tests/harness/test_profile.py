@@ -6,7 +6,8 @@ import random
 import pytest
 
 from spnas.errors import SpnasError
-from spnas.harness.pieces import fixed_pieces, layer_input_shapes, layer_pieces, random_architecture
+from spnas.harness.pieces import fixed_pieces, layer_pieces
+from spnas.space import layer_input_shapes, random_architecture
 from spnas.harness.profile import measurements_path, profile
 from spnas.harness.validate import validate
 from spnas.runtime import RuntimeModel

@@ -155,3 +155,28 @@ def test_indicator_dropout_scale_is_used():
     layer = SuperDepthwiseConv2d(8, op_backend="reference")
     _, d = layer(torch.randn(1, 8, 5, 5), torch.tensor([0.0, 1 / 0.6, 1 / 0.6]))
     assert d.tolist() == pytest.approx([0.0, 1 / 0.6, 1 / 0.6])
+
+
+def test_placed_thresholds_keep_every_decision_on_with_a_live_gradient():
+    layer = SuperDepthwiseConv2d(12, op_backend="reference")
+    layer.place_thresholds(1.0)
+    w = layer.weight.detach().reshape(12, 5, 5)
+    m3 = torch.zeros(5, 5)
+    m3[1:4, 1:4] = 1
+    want = torch.stack([(w * (1 - m3)).norm(), w[6:].norm(), w[:6].norm()]) - 1.0
+    assert torch.allclose(layer.thresholds.detach(), want, atol=1e-5)
+    assert layer.hard_decisions() == (1, 1, 1)
+    _, d = layer(torch.randn(2, 12, 5, 5))
+    d.sum().backward()
+    s = torch.sigmoid(torch.tensor(1.0))
+    # each decision's straight-through gradient is -sigmoid'(margin) (plus the nested terms of
+    # d_expand and d_keep through the kernel decision, which only add to it)
+    assert (layer.thresholds.grad <= -(s * (1 - s)) + 1e-6).all()
+
+
+def test_head_pools_with_keepdim_and_flattens():
+    from spnas.layers import Head
+    head = Head(8, 16, 3, 0.0, 1e-3).eval()
+    x = torch.randn(2, 8, 3, 3)
+    want = head.classifier(head.conv(x).mean((2, 3)))
+    assert torch.allclose(head(x), want, atol=1e-6)

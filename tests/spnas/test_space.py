@@ -82,3 +82,16 @@ def test_user_space_is_data():
     assert arch.block_strings() == [["ir_r1_k3_s2_e3_c16"], ["ir_r1_k5_s2_e6_c24", "ir_r1_k5_s1_e3_c24"]]
     assert Architecture.from_json(json.loads(json.dumps(arch.to_json()))) == arch
     assert OPS[-1] == "skip"
+
+
+def test_layer_input_shapes_and_random_architectures_live_in_the_space():
+    import random
+
+    from spnas.space import MNASNET, layer_input_shapes, random_architecture
+    shapes = layer_input_shapes("mnasnet", 24)  # the digits search: 12 -> 6 -> 3 -> 2 -> 2 -> 1
+    assert [s[2] for s in shapes[::4]] == [12, 6, 3, 2, 2]
+    assert [s[1] for s in shapes[::4]] == [16, 24, 40, 80, 96]
+    rng = random.Random(0)
+    for _ in range(20):
+        arch = random_architecture(MNASNET, rng)
+        assert all(op != "skip" for op in arch.ops[::4])

@@ -169,43 +169,6 @@ def tflite_op_names(path: str) -> list[str]:
     return [d["op_name"] for d in details if d["op_name"] != "DELEGATE"]
 
 
-def _spatial_means_keep_dims(model: nn.Module) -> nn.Module:
-    """`x.mean((2, 3))` rewritten as `x.mean((2, 3), keepdim=True).squeeze(3).squeeze(2)`.
-
-    Same values, but litert-torch's layout passes only carry the channel-last layout through a
-    reduction that keeps its rank; without keepdim the converted head starts with a TRANSPOSE.
-    Models that torch.fx cannot trace are returned unchanged (the transpose check still runs).
-    """
-    try:
-        traced = torch.fx.symbolic_trace(model)
-    except Exception:
-        return model
-    changed = False
-    for node in list(traced.graph.nodes):
-        is_mean = (node.op == "call_method" and node.target == "mean") or (
-            node.op == "call_function" and node.target is torch.mean
-        )
-        if not is_mean:
-            continue
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-        if keepdim or not isinstance(dims, (tuple, list)) or sorted(dims) != [2, 3]:
-            continue
-        with traced.graph.inserting_after(node):
-            kept = traced.graph.call_method("mean", (node.args[0], (2, 3)), {"keepdim": True})
-        with traced.graph.inserting_after(kept):
-            squeezed = traced.graph.call_method("squeeze", (kept, 3))
-        with traced.graph.inserting_after(squeezed):
-            flat = traced.graph.call_method("squeeze", (squeezed, 2))
-        node.replace_all_uses_with(flat)
-        traced.graph.erase_node(node)
-        changed = True
-    if not changed:
-        return model
-    traced.recompile()
-    return traced.eval()
-
-
 def export_tflite(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -223,8 +186,7 @@ def export_tflite(
     reference = _reference(model, x)
     litert_torch = _litert_torch()
     channel_last_outputs = [0] if reference.dim() == 4 else None
-    friendly = _spatial_means_keep_dims(model)
-    wrapped = litert_torch.to_channel_last_io(friendly, args=[0], outputs=channel_last_outputs).eval()
+    wrapped = litert_torch.to_channel_last_io(model, args=[0], outputs=channel_last_outputs).eval()
     x_nhwc = x.permute(0, 2, 3, 1).contiguous()
     try:
         with quiet_native_output():

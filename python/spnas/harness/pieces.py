@@ -8,21 +8,15 @@ layer timed alone is, op for op, the layer inside the child network.
 from __future__ import annotations
 
 import dataclasses
-import random
 from typing import Callable
 
 from torch import nn
 
 from ..layers import ConvBnReLU, Head, make_block
-from ..space import CONV_OPS, OP_SHAPE, OPS, Architecture, SearchSpace, get_space
+from ..space import (CONV_OPS, OP_SHAPE, SearchSpace, block_inputs, downsample, get_space,
+                     layer_input_shapes)
 
-__all__ = [
-    "Piece",
-    "layer_input_shapes",
-    "layer_pieces",
-    "fixed_pieces",
-    "random_architecture",
-]
+__all__ = ["Piece", "layer_pieces", "fixed_pieces"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,33 +28,6 @@ class Piece:
     build: Callable[[], nn.Module]
     layer: int | None = None
     op: str | None = None
-
-
-def _downsample(size: int, stride: int) -> int:
-    # "same" padding (k // 2) with an odd kernel: out = ceil(in / stride)
-    return -(-size // stride)
-
-
-def _walk(space: SearchSpace, image_size: int):
-    """(block spec, repeat index, in_channels, in_size, stride) for every block after the stem."""
-    size = _downsample(image_size, 2)
-    cin = space.stem
-    for spec in space.blocks:
-        for r in range(spec.repeats):
-            stride = spec.stride if r == 0 else 1
-            yield spec, r, cin, size, stride
-            cin, size = spec.out, _downsample(size, stride)
-
-
-def layer_input_shapes(space: "str | SearchSpace", image_size: int) -> list[tuple[int, int, int, int]]:
-    """NCHW input shape of each searchable layer (index order of `space.layers()`).
-
-    Skipped layers keep the shape (a skippable layer has stride 1 and equal widths), so the
-    shape does not depend on the other layers' choices.
-    """
-    space = get_space(space)
-    return [(1, cin, size, size) for spec, _, cin, size, _ in _walk(space, image_size)
-            if spec.kind == "sp"]
 
 
 def layer_pieces(space: "str | SearchSpace", image_size: int) -> list[Piece]:
@@ -91,7 +58,7 @@ def fixed_pieces(space: "str | SearchSpace", image_size: int, num_classes: int =
     space = get_space(space)
     runs: list[dict] = []  # {"start": (cin, size), "blocks": [...]} per run of fixed blocks
     current = None
-    for spec, r, cin, size, stride in _walk(space, image_size):
+    for spec, r, cin, size, stride in block_inputs(space, image_size):
         if spec.kind == "sp":
             current = None
             continue
@@ -101,12 +68,12 @@ def fixed_pieces(space: "str | SearchSpace", image_size: int, num_classes: int =
         current["blocks"].append((spec, cin, stride))
     last_out = space.blocks[-1].out
     last_size = image_size
-    for _, _, _, size, stride in _walk(space, image_size):
-        last_size = _downsample(size, stride)
+    for _, _, _, size, stride in block_inputs(space, image_size):
+        last_size = downsample(size, stride)
     first_is_fixed = space.blocks[0].kind != "sp"
     last_is_fixed = space.blocks[-1].kind != "sp"
     if not first_is_fixed:
-        runs.insert(0, {"cin": space.stem, "size": _downsample(image_size, 2), "blocks": []})
+        runs.insert(0, {"cin": space.stem, "size": downsample(image_size, 2), "blocks": []})
     if not last_is_fixed:
         runs.append({"cin": last_out, "size": last_size, "blocks": []})
 
@@ -131,14 +98,3 @@ def fixed_pieces(space: "str | SearchSpace", image_size: int, num_classes: int =
         shape = (1, 3, image_size, image_size) if with_stem else (1, run["cin"], run["size"], run["size"])
         pieces.append(Piece(f"fixed{j}", shape, build))
     return pieces
-
-
-def random_architecture(space: "str | SearchSpace", rng: random.Random) -> Architecture:
-    """Each layer's op uniformly among those it allows ("skip" only where skippable)."""
-    space = get_space(space)
-    ops = []
-    for layer in space.layers():
-        choices = OPS if layer["skippable"] else CONV_OPS
-        ops.append(rng.choice(choices))
-    return Architecture(ops, space)
-

@@ -29,10 +29,11 @@ from typing import Any, Callable
 from ..errors import SpnasError
 from ..io import atomic_write_json
 from ..runtime import RuntimeModel
-from ..space import CONV_OPS, Architecture, get_space
+from ..space import (CONV_OPS, Architecture, get_space, layer_input_shapes,
+                     random_architecture)
 from .benchmark import Benchmark, best_of_passes
 from .export import export_tflite
-from .pieces import Piece, fixed_pieces, layer_input_shapes, layer_pieces, random_architecture
+from .pieces import Piece, fixed_pieces, layer_pieces
 
 __all__ = ["profile", "plan", "fit_runtime_model", "MEASUREMENTS_FORMAT"]
 

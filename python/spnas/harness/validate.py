@@ -24,7 +24,7 @@ from ..runtime import RuntimeModel
 from ..space import Architecture, get_space
 from .benchmark import Benchmark, best_of_passes
 from .export import export_tflite
-from .pieces import random_architecture
+from ..space import random_architecture
 
 __all__ = ["validate", "accuracy_summary", "sample_architectures"]
 

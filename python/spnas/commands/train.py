@@ -1,0 +1,71 @@
+"""`spnas train ARCH.json`: train a found network from scratch (MnasNet's final-training recipe)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..train import AUGMENTS, DEFAULTS, TrainConfig, run_train
+from .search import FLAGS as SEARCH_FLAGS
+
+_D = TrainConfig()
+
+# Flags that mean the same in search and train keep one definition (commands/search.py).
+_SHARED = ("data", "val_fraction", "workers", "lr", "lr_per_256", "lr_decay", "rmsprop_decay", "momentum",
+           "rmsprop_eps", "label_smoothing", "steps_per_epoch", "seed", "device", "log_every")
+
+# (flag, config field, type, help). Defaults come from TrainConfig and train.DEFAULTS.
+FLAGS = tuple(f for f in SEARCH_FLAGS if f[1] in _SHARED) + (
+    ("--image-size", "image_size", int, "input resolution in pixels"),
+    ("--augment", "augment", str, "batch augmentation: none, crop (random shift), flip-crop (+ mirror)"),
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--batch-size", "batch_size", int, "images per process and step"),
+    ("--lr-decay-epochs", "lr_decay_epochs", float, "epochs between learning-rate decays"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear learning-rate warm-up"),
+    ("--weight-decay", "weight_decay", float, "L2 factor on non-BN parameters (loss += wd x sum(w^2)/2)"),
+    ("--ema-decay", "ema_decay", float, "weight EMA decay (evaluation and best.pt use the EMA)"),
+    ("--dropout", "dropout", float, "dropout rate before the classifier"),
+)
+
+
+def _default(field: str) -> str:
+    value = getattr(_D, field)
+    if value is None and field in DEFAULTS["imagenet"]:
+        return f"{DEFAULTS['imagenet'][field]} for --data folders, {DEFAULTS['digits'][field]} for digits"
+    return str(value)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig()
+    for _, field, _, _ in FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            setattr(cfg, field, value)
+    cfg.run_dir = args.resume or args.run_dir
+    cfg.progress = not args.no_progress
+    cfg.stop_after_step = args.stop_after_step
+    result = run_train(args.arch, cfg, resume=args.resume is not None)
+    return 0 if result["finished"] else 130
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a found architecture from scratch",
+        description=(
+            "Train the child network of ARCH.json from scratch with MnasNet's final-training recipe "
+            "(RMSProp, warm-up then x0.97 every 2.4 epochs, EMA, label smoothing, dropout), evaluate "
+            "the EMA weights (top-1/top-5) on the held-out split each epoch, and write RUN_DIR/best.pt "
+            "for `spnas export ARCH.json --weights`. The built-in digits get scaled defaults that "
+            "train in minutes on a CPU. Multi-process: torchrun --nproc-per-node N -m spnas train "
+            "... Ctrl-C saves a checkpoint; --resume continues to the same result."))
+    p.add_argument("arch", metavar="ARCH.json", nargs="?",
+                   help="architecture file (from `spnas search`/`derive`); optional with --resume")
+    for flag, field, typ, text in FLAGS:
+        kwargs = {"choices": AUGMENTS} if field == "augment" else {}
+        p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
+                       help=f"{text} (default: {_default(field)})", **kwargs)
+    p.add_argument("--run-dir", help="output folder (default: runs/train, or the first free runs/train-N)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the training in RUN_DIR from its checkpoint (its recipe is kept)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after-step", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=_run)

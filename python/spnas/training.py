@@ -1,0 +1,222 @@
+"""What every spnas training loop shares: processes, stopping, batches, evaluation, logs, checkpoints.
+
+`spnas search` (the supernet) and `spnas train` (the child network) run the same kind of loop:
+torchrun-style processes that each take a slice of one global batch, a deterministic batch order
+so a resumed run replays the batches of an uninterrupted one, Ctrl-C that stops after the step
+and saves, a JSONL metrics log cut back to the checkpoint on resume, and atomic checkpoints.
+The pieces live here so both loops use one implementation of each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import torch
+import torch.distributed as dist
+
+from . import data as datamod
+from .errors import SpnasError
+from .io import atomic_write
+
+__all__ = [
+    "Dist",
+    "MetricsLog",
+    "StopFlag",
+    "decay_parameters",
+    "epoch_batches",
+    "evaluate",
+    "evaluate_topk",
+    "fresh_run_dir",
+    "load_checkpoint",
+    "progress_bar",
+    "steps_per_epoch",
+    "truncate_metrics",
+]
+
+
+class Dist:
+    """World size / rank from torchrun's environment; a no-op for a single process."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device == "auto":
+            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda":
+            device = f"cuda:{self.local_rank}"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise SpnasError("--device cuda: no CUDA device is available")
+            torch.cuda.set_device(self.device)
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.owns_group = True
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def say(self, out, text: str) -> None:
+        if self.main:
+            print(text, file=out, flush=True)
+
+    def close(self):
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+class StopFlag:
+    """First Ctrl-C (or SIGTERM) asks to stop after the current step; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class MetricsLog:
+    """The run's metrics.jsonl, written by the main process only (other ranks get a no-op)."""
+
+    def __init__(self, path: str, enabled: bool):
+        self._f = open(path, "a") if enabled else None
+
+    def log(self, record: dict) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def progress_bar(enabled: bool, total: int, initial: int, desc: str):
+    """A tqdm bar on stderr, or None (other ranks, --no-progress)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def decay_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Everything but BatchNorm's parameters (the authors' weight-decay set, thresholds included)."""
+    bn = set()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            bn |= {id(p) for p in m.parameters(recurse=False)}
+    return [p for p in model.parameters() if id(p) not in bn]
+
+
+def fresh_run_dir(base: str, markers: tuple[str, ...]) -> str:
+    """`base` unless it already holds one of `markers`, else the first free base-2, base-3, ..."""
+    if not any(os.path.exists(os.path.join(base, m)) for m in markers):
+        return base
+    i = 2
+    while os.path.exists(f"{base}-{i}"):
+        i += 1
+    return f"{base}-{i}"
+
+
+def load_checkpoint(path: str) -> dict:
+    """A spnas checkpoint, loaded safely (weights_only=True: tensors and plain containers only)."""
+    if not os.path.exists(path):
+        raise SpnasError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SpnasError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def steps_per_epoch(num_train: int, batch_size: int, world: int, cap: int | None) -> int:
+    """Whole global batches in the training split, at most `cap` (--steps-per-epoch)."""
+    steps = num_train // (batch_size * world)
+    if steps == 0:
+        raise SpnasError(f"--batch-size {batch_size} x {world} process(es) is larger than the "
+                         f"{num_train} training images")
+    return min(steps, cap) if cap else steps
+
+
+def epoch_batches(num_train: int, batch_size: int, d: Dist, seed: int, steps: int,
+                  steps_done: int) -> list[list[int]]:
+    """This process's remaining batches of the epoch that step `steps_done` falls in."""
+    epoch = steps_done // steps
+    batches = datamod.epoch_batches(num_train, batch_size, d.world, d.rank, seed, epoch)[:steps]
+    return batches[steps_done - epoch * steps:]
+
+
+@torch.no_grad()
+def evaluate_topk(model: torch.nn.Module, dataset, batch_size: int, device, workers: int = 0,
+                  topk: tuple[int, ...] = (1, 5), d: Dist | None = None) -> list[float]:
+    """Top-k accuracies on `dataset` (k capped at the number of classes), in eval mode.
+
+    With `d` (every rank calling), each rank scores every world-th image and the counts are summed.
+    """
+    model.eval()
+    rank, world = (d.rank, d.world) if d is not None else (0, 1)
+    counts = torch.zeros(len(topk) + 1, dtype=torch.float64, device=device)
+    index = list(range(rank, len(dataset), world))
+    batches = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
+    for x, y in datamod.loader(dataset, batches, workers):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        hit = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices == y[:, None]
+        for i, k in enumerate(topk):
+            counts[i] += hit[:, :k].any(1).sum()
+        counts[-1] += len(y)
+    if world > 1:
+        dist.all_reduce(counts)
+    model.train()
+    return [(c / max(counts[-1].item(), 1)) for c in counts[:-1].tolist()]
+
+
+def evaluate(model: torch.nn.Module, dataset, batch_size: int, device, workers: int = 0) -> float:
+    """Top-1 accuracy (leaves the model in train mode, as the search loop expects)."""
+    return evaluate_topk(model, dataset, batch_size, device, workers, topk=(1,))[0]
+
+
+def truncate_metrics(path: str, steps_done: int) -> None:
+    """On resume, drop records written after the checkpoint, so the log matches one clean run."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= steps_done]
+    atomic_write(path, lambda f: f.writelines(keep))

@@ -1,0 +1,125 @@
+"""spnas train: the CLI, resume equivalence, the exportable best checkpoint, DDP agreement."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from spnas.cli import main
+from spnas.harness.export import load_weights
+from spnas.space import SPNASNET_100, Architecture
+from spnas.train import TrainConfig, augment, run_train
+from spnas.training import load_checkpoint
+
+TINY = ["--image-size", "8", "--batch-size", "16", "--epochs", "2", "--steps-per-epoch", "3",
+        "--log-every", "1", "--no-progress"]
+
+
+@pytest.fixture
+def arch_file(tmp_path):
+    path = tmp_path / "arch.json"
+    Architecture(list(SPNASNET_100)).save(str(path))
+    return str(path)
+
+
+def tiny_config(run_dir, **kw):
+    cfg = TrainConfig(run_dir=str(run_dir), image_size=8, batch_size=16, epochs=2, steps_per_epoch=3,
+                      log_every=1, progress=False, augment="flip-crop")
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_train_via_cli_writes_an_exportable_best_checkpoint(tmp_path, arch_file, capsys):
+    run = tmp_path / "run"
+    assert main(["train", arch_file, "--run-dir", str(run), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "spnas export" in out
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 7))
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(0 <= r["val_top1_ema"] <= r["val_top5_ema"] <= 1 for r in epochs)
+    # warm-up: the learning rate rises from 0 over the first epoch
+    lrs = [r["lr"] for r in records if r["kind"] == "train"]
+    assert lrs[0] == 0 and lrs[1] > lrs[0]
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 2 and config["rmsprop_eps"] == 1e-3 and config["dropout"] == 0.2
+    assert load_checkpoint(str(run / "checkpoint.pt"))["step"] == 6
+    # best.pt is what `spnas export ARCH.json --weights` loads
+    net = load_weights(Architecture.load(str(run / "arch.json")).build(num_classes=10), str(run / "best.pt"))
+    ema = load_checkpoint(str(run / "checkpoint.pt"))["ema"]["shadow"]
+    best_epoch = max(epochs, key=lambda r: r["val_top1_ema"])["epoch"]
+    if best_epoch == 2:
+        assert all(torch.equal(v, ema[k]) for k, v in net.state_dict().items())
+
+
+def test_resume_reaches_the_same_weights(tmp_path, arch_file):
+    full = run_train(arch_file, tiny_config(tmp_path / "full"))
+    part = run_train(arch_file, tiny_config(tmp_path / "part", stop_after_step=4))  # mid-epoch
+    assert not part["finished"] and part["step"] == 4
+    resumed = run_train(None, tiny_config(tmp_path / "part"), resume=True)
+    assert resumed["finished"] and resumed["best"] == full["best"]
+    a = load_checkpoint(str(tmp_path / "full" / "checkpoint.pt"))
+    b = load_checkpoint(str(tmp_path / "part" / "checkpoint.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]) for k in a["model"])
+    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                       for line in p.read_text().splitlines()]
+    assert strip(tmp_path / "full" / "metrics.jsonl") == strip(tmp_path / "part" / "metrics.jsonl")
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, arch_file, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert main(["train", "--run-dir", str(tmp_path / "r"), *TINY]) == 2
+    assert main(["train", arch_file, "--dropout", "1.5", *TINY, "--run-dir", str(tmp_path / "r2")]) == 2
+    assert main(["train", arch_file, "--data", str(tmp_path / "missing"), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("spnas train: error:") for line in err)
+
+
+def test_defaults_follow_the_data():
+    digits = TrainConfig().resolve()
+    imagenet = TrainConfig(data="/data/imagenet").resolve()
+    assert (imagenet.epochs, imagenet.warmup_epochs, imagenet.lr_decay_epochs, imagenet.ema_decay,
+            imagenet.lr_per_256, imagenet.image_size) == (350, 5.0, 2.4, 0.9999, 0.016, 224)
+    assert digits.epochs < 350 and digits.image_size < 224
+    assert TrainConfig(epochs=7).resolve().epochs == 7  # a flag beats the profile
+
+
+def test_augment_keeps_shapes_and_is_seeded():
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(augment(x, "none"), x)
+    torch.manual_seed(1)
+    a = augment(x, "flip-crop")
+    torch.manual_seed(1)
+    assert a.shape == x.shape and torch.equal(a, augment(x, "flip-crop"))
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+sys.path[:0] = {paths!r}
+torch.set_num_threads(1)
+from spnas.train import TrainConfig, run_train
+cfg = TrainConfig(run_dir={run!r}, image_size=8, batch_size=8, epochs=1, steps_per_epoch=2,
+                  progress=False, device="cpu")
+r = run_train({arch!r}, cfg)
+torch.save({{"best": r["best"]}}, {out!r} + "/rank" + os.environ["RANK"] + ".pt")
+"""
+
+
+def test_ddp_ranks_agree(tmp_path, env, arch_file):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(paths=[root, os.path.join(root, "python")], arch=arch_file,
+                                        run=str(tmp_path / "run"), out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29541", str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    # the sharded evaluation sums both halves of the held-out split: every rank gets the same figure
+    assert r0["best"] == r1["best"] and 0 <= r0["best"]["top1"] <= 1
+    assert (tmp_path / "run" / "best.pt").exists()
