@@ -32,21 +32,22 @@ from .runtime import FORMULAS, RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
 from .training import (
+    METRICS,
     Dist,
     MetricsLog,
     StopFlag,
+    data_parallel,
     decay_parameters,
     epoch_batches,
     evaluate,
     fresh_run_dir,
     load_checkpoint,
     progress_bar,
-    truncate_metrics,
+    restore,
 )
 from .training import steps_per_epoch as count_steps
 
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 ARCH = "arch.json"
 CONFIG = "config.json"
 
@@ -202,16 +203,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     ema = EMA(net, cfg.ema_decay)
     steps_done, lam = 0, cfg.lam
     if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        ema.load_state_dict(ckpt["ema"])
-        steps_done, lam = int(ckpt["step"]), float(ckpt["lambda"])
-        if d.main:
-            truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
-    model = net
-    if d.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        steps_done, lam = restore(ckpt, net, opt, ema, d, run_dir), float(ckpt["lambda"])
+    model = data_parallel(net, d)
     eval_net = build_supernet(cfg, len(split.classes)).to(d.device) if d.main else None
 
     d.say(out, f"spnas search -> {run_dir}\n  data: {split.description}\n"

@@ -29,22 +29,23 @@ from .io import atomic_torch_save, atomic_write_json
 from .optim import EMA, RMSpropTF, learning_rate
 from .space import Architecture
 from .training import (
+    METRICS,
     Dist,
     MetricsLog,
     StopFlag,
+    data_parallel,
     decay_parameters,
     epoch_batches,
     evaluate_topk,
     fresh_run_dir,
     load_checkpoint,
     progress_bar,
+    restore,
     steps_per_epoch,
-    truncate_metrics,
 )
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"          # the best EMA weights as a bare state dict: `spnas export --weights`
-METRICS = "metrics.jsonl"
 ARCH = "arch.json"
 CONFIG = "config.json"
 AUGMENTS = ("none", "crop", "flip-crop")
@@ -210,16 +211,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     ema = EMA(net, cfg.ema_decay)
     steps_done, best = 0, {"top1": -1.0, "top5": -1.0, "epoch": 0}
     if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        ema.load_state_dict(ckpt["ema"])
-        steps_done, best = int(ckpt["step"]), dict(ckpt["best"])
-        if d.main:
-            truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
-    model = net
-    if d.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        steps_done, best = restore(ckpt, net, opt, ema, d, run_dir), dict(ckpt["best"])
+    model = data_parallel(net, d)
     eval_net = arch.build(num_classes=num_classes).to(d.device)
 
     d.say(out, f"spnas train -> {run_dir}\n  data: {split.description}\n"

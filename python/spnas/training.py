@@ -213,6 +213,29 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int, device, workers: 
     return evaluate_topk(model, dataset, batch_size, device, workers, topk=(1,))[0]
 
 
+METRICS = "metrics.jsonl"
+
+
+def restore(ckpt: dict, net: torch.nn.Module, opt, ema, d: Dist, run_dir: str) -> int:
+    """Loads a checkpoint's model, optimizer and EMA; drops metrics written after it. Returns
+    the number of steps it had done."""
+    net.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    ema.load_state_dict(ckpt["ema"])
+    steps_done = int(ckpt["step"])
+    if d.main:
+        truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
+    return steps_done
+
+
+def data_parallel(net: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """The model a step runs: DDP-wrapped when there are several processes."""
+    if d.world == 1:
+        return net
+    return torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
 def truncate_metrics(path: str, steps_done: int) -> None:
     """On resume, drop records written after the checkpoint, so the log matches one clean run."""
     if not os.path.exists(path):
