@@ -36,6 +36,7 @@ from .training import (
     Dist,
     MetricsLog,
     StopFlag,
+    close_loop,
     data_parallel,
     decay_parameters,
     epoch_batches,
@@ -294,13 +295,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                      "thresholds": [t.detach().cpu().tolist() for t in net.thresholds()],
                      "seconds": time.time() - started})
             save()
-    if bar is not None:
-        bar.close()
-    metrics.close()
+    close_loop(bar, metrics, interrupted, save, d, out, "search", run_dir, steps_done, total_steps)
     if interrupted:
-        save()
-        d.say(out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
-                     f"Continue with: spnas search --resume {run_dir}")
         return {"run_dir": run_dir, "finished": False, "step": steps_done}
 
     arch = net.derive()

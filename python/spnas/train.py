@@ -33,6 +33,7 @@ from .training import (
     Dist,
     MetricsLog,
     StopFlag,
+    close_loop,
     data_parallel,
     decay_parameters,
     epoch_batches,
@@ -285,13 +286,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                          "val_top5_ema": top5, "best_top1": best["top1"], "lr": lr,
                          "seconds": time.time() - started})
             save()
-    if bar is not None:
-        bar.close()
-    metrics.close()
+    close_loop(bar, metrics, interrupted, save, d, out, "train", run_dir, steps_done, total_steps)
     if interrupted:
-        save()
-        d.say(out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
-                   f"Continue with: spnas train --resume {run_dir}")
         return {"run_dir": run_dir, "finished": False, "step": steps_done, "best": best}
 
     best_path, arch_path = os.path.join(run_dir, BEST), os.path.join(run_dir, ARCH)

@@ -228,6 +228,19 @@ def restore(ckpt: dict, net: torch.nn.Module, opt, ema, d: Dist, run_dir: str) -
     return steps_done
 
 
+def close_loop(bar, metrics: MetricsLog, interrupted: bool, save, d: Dist, out, command: str,
+               run_dir: str, steps_done: int, total_steps: int) -> None:
+    """After the step loop: close the progress bar and metrics log; if the run was interrupted,
+    save a checkpoint and say how to resume it."""
+    if bar is not None:
+        bar.close()
+    metrics.close()
+    if interrupted:
+        save()
+        d.say(out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
+                   f"Continue with: spnas {command} --resume {run_dir}")
+
+
 def data_parallel(net: torch.nn.Module, d: Dist) -> torch.nn.Module:
     """The model a step runs: DDP-wrapped when there are several processes."""
     if d.world == 1:
