@@ -54,11 +54,42 @@ bool transposable(const PlaneBlock<scalar_t>& b) {
   return kFloat<scalar_t, acc_t> && b.sw == 1 && b.channels == kBlock;
 }
 
+// An NCHW fp32 block whose planes are contiguous but whose rows are not a multiple of 16
+// pixels wide (56, 28, 14, 7): transposed 16 pixels at a time along the flattened plane, so
+// that small planes are not copied lane by lane.
+template <typename scalar_t, typename acc_t>
+bool flat_transposable(const PlaneBlock<scalar_t>& b, int64_t W) {
+  return transposable<scalar_t, acc_t>(b) && b.sh == W && W % kBlock != 0;
+}
+
 // Copies rows [0, H) x [0, W) of a block into a padded scratch image (pixel (h, w) at
 // ((h + pad) * ld + w + pad) * kBlock), zeroing the lanes of channels past the block's end.
 template <typename scalar_t, typename acc_t>
 void pack(const PlaneBlock<scalar_t>& src, int64_t H, int64_t W, int64_t pad, int64_t ld,
           acc_t* dst) {
+  if constexpr (kFloat<scalar_t, acc_t>) {
+    if (flat_transposable<scalar_t, acc_t>(src, W)) {
+      using Vec = Vectorized<float>;
+      alignas(64) float tile[kBlock * kBlock];
+      const int64_t pixels = H * W;
+      int64_t h = 0, w = 0;
+      for (int64_t q0 = 0; q0 < pixels; q0 += kBlock) {
+        const int64_t n = std::min(kBlock, pixels - q0);
+        if (n == kBlock) {
+          at::vec::transpose_mxn<float, kBlock, kBlock>(src.data + q0, src.sc, tile, kBlock);
+        } else {
+          for (int64_t k = 0; k < n; ++k)
+            for (int64_t c = 0; c < kBlock; ++c) tile[k * kBlock + c] = src.data[c * src.sc + q0 + k];
+        }
+        for (int64_t k = 0; k < n; ++k) {
+          float* d = dst + ((h + pad) * ld + w + pad) * kBlock;
+          for (int64_t v = 0; v < kBlock; v += Vec::size()) Vec::loadu(tile + k * kBlock + v).store(d + v);
+          if (++w == W) w = 0, ++h;
+        }
+      }
+      return;
+    }
+  }
   for (int64_t h = 0; h < H; ++h) {
     acc_t* __restrict__ row = dst + ((h + pad) * ld + pad) * kBlock;
     const scalar_t* __restrict__ s = src.data + h * src.sh;
@@ -110,6 +141,38 @@ void unpack_row(const acc_t* __restrict__ row, int64_t W, int64_t h,
     }
   }
 }
+
+// Where the rows of one output block are computed before they are written out: row by row
+// through one row buffer, or, for a flat_transposable block, into an unpadded plane buffer
+// that finish() transposes out 16 pixels at a time.
+template <typename scalar_t, typename acc_t>
+struct PlaneWriter {
+  const PlaneBlock<scalar_t>& dst;
+  int64_t W;
+  acc_t* buf;  // one row (W * kBlock) or the whole plane (H * W * kBlock)
+  bool flat;
+  int64_t pixels = 0;
+  static bool wants_plane(const PlaneBlock<scalar_t>& dst, int64_t W) {
+    return flat_transposable<scalar_t, acc_t>(dst, W);
+  }
+  PlaneWriter(const PlaneBlock<scalar_t>& d, int64_t w, acc_t* buffer)
+      : dst(d), W(w), buf(buffer), flat(wants_plane(d, w)) {}
+  acc_t* row(int64_t h) const { return flat ? buf + h * W * kBlock : buf; }
+  void done(int64_t h) {
+    if (flat) pixels = (h + 1) * W;
+    else unpack_row(buf, W, h, dst);
+  }
+  void finish() const {
+    if constexpr (kFloat<scalar_t, acc_t>) {
+      if (!flat) return;
+      int64_t q = 0;
+      for (; q + kBlock <= pixels; q += kBlock)
+        at::vec::transpose_mxn<float, kBlock, kBlock>(buf + q * kBlock, kBlock, dst.data + q, dst.sc);
+      for (; q < pixels; ++q)
+        for (int64_t c = 0; c < kBlock; ++c) dst.data[c * dst.sc + q] = buf[q * kBlock + c];
+    }
+  }
+};
 
 // One tap of a row sum: pixel p of the output row reads src + p * kBlock and multiplies it
 // lane by lane with the kBlock weights at w.
@@ -273,22 +336,26 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
   weights.reserve(blocks);
   for (int64_t b = 0; b < blocks; ++b)
     weights.emplace_back(w_eff + b * kBlock * kTaps, std::min(kBlock, C - b * kBlock));
+  const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(PlaneBlock<scalar_t>(y, 0, 0, std::min(kBlock, C)), Wo);  // a per-plane output buffer
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * ld * kBlock);
-    acc_t* row = thread_scratch<acc_t>(1, Wo * kBlock);
+    acc_t* buf = thread_scratch<acc_t>(1, (plane ? Ho : 1) * Wo * kBlock);
     const acc_t* rows[5];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, b = task % blocks, c0 = b * kBlock;
       const int64_t nc = std::min(kBlock, C - c0);
       const BlockWeight<acc_t>& bw = weights[b];
-      const PlaneBlock<scalar_t> out(y, n, c0, nc);
+      const PlaneBlock<scalar_t> block(y, n, c0, nc);
+      PlaneWriter<scalar_t, acc_t> out(block, Wo, buf);
       if (bw.count > 0) pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, ld, X);
-      else std::fill_n(row, Wo * kBlock, acc_t(0));  // a skipped layer: y = 0
       for (int64_t i = 0; i < Ho; ++i) {
+        acc_t* row = out.row(i);
         for (int kh = 0; kh < 5; ++kh) rows[kh] = X + (i * stride + kh) * ld * kBlock;
         if (bw.kernel > 0) dense_row(stride, bw.kernel, row, Wo, rows, bw.w);
-        unpack_row(row, Wo, i, out);
+        else std::fill_n(row, Wo * kBlock, acc_t(0));  // a skipped layer: y = 0
+        out.done(i);
       }
+      out.finish();
     }
   });
 }
@@ -343,11 +410,12 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
   // w[kh][kw] dy[p+2-kh][q+2-kw]), by 1 for stride 2 (dy row (p+2-kh)/2 lies in [-1, Ho]).
   const int64_t dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
   std::fill(g_eff, g_eff + C * kTaps, 0.0);
+  const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(PlaneBlock<scalar_t>(dx, 0, 0, std::min(kBlock, C)), W);
   // One task per channel block, looping over the batch in order: deterministic sums.
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);
     acc_t* DY = thread_scratch<acc_t>(1, (Ho + 2 * dy_pad) * dy_ld * kBlock);
-    acc_t* row = thread_scratch<acc_t>(2, W * kBlock);
+    acc_t* buf = thread_scratch<acc_t>(2, (plane ? H : 1) * W * kBlock);
     Tap<acc_t> taps[kTaps];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t c0 = b * kBlock, nc = std::min(kBlock, C - c0);
@@ -357,11 +425,13 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
         pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, x_ld, X);
         pack(PlaneBlock<scalar_t>(dy, n, c0, nc), Ho, Wo, dy_pad, dy_ld, DY);
         weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, g.data());
-        const PlaneBlock<scalar_t> out(dx, n, c0, nc);
+        const PlaneBlock<scalar_t> block(dx, n, c0, nc);
+        PlaneWriter<scalar_t, acc_t> out(block, W, buf);
         for (int64_t p = 0; p < H; ++p) {
+          acc_t* row = out.row(p);
           if (bw.count == 0) {  // a skipped layer or unused expansion channels: dx = 0
             std::fill_n(row, W * kBlock, acc_t(0));
-            unpack_row(row, W, p, out);
+            out.done(p);
             continue;
           }
           if (stride == 1) {
@@ -389,8 +459,9 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
               }
             }
           }
-          unpack_row(row, W, p, out);
+          out.done(p);
         }
+        out.finish();
       }
       for (int64_t c = 0; c < nc; ++c)
         for (int t = 0; t < kTaps; ++t) g_eff[(c0 + c) * kTaps + t] = g[t * kBlock + c];

@@ -21,6 +21,10 @@ SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
     (2, 10, 13, 5),
     (1, 6, 20, 37),
     (2, 34, 6, 6),  # more channels than one channels_last block
+    # whole 16-channel blocks: the NCHW fp32 transposes (row by row for widths that are a
+    # multiple of 16, along the flattened plane otherwise) and the channels_last fast paths
+    (1, 16, 5, 32),
+    (2, 48, 11, 19),
 ]
 
 
