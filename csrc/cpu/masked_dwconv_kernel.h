@@ -20,6 +20,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <array>
 #include <type_traits>
 #include <vector>
@@ -42,6 +43,9 @@ struct PlaneBlock {
   PlaneBlock(const at::Tensor& t, int64_t n, int64_t c0, int64_t nc)
       : data(t.data_ptr<scalar_t>() + n * t.stride(0) + c0 * t.stride(1)),
         sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)), channels(nc) {}
+  // A full block of a channels_last sample of W-pixel rows and C channels.
+  PlaneBlock(scalar_t* sample, int64_t c0, int64_t W, int64_t C)
+      : data(sample + c0), sc(1), sh(W * C), sw(C), channels(kBlock) {}
   bool channels_inner() const { return sc == 1 && channels == kBlock; }
 };
 
@@ -142,23 +146,32 @@ void unpack_row(const acc_t* __restrict__ row, int64_t W, int64_t h,
   }
 }
 
-// Where the rows of one output block are computed before they are written out: row by row
-// through one row buffer, or, for a flat_transposable block, into an unpadded plane buffer
-// that finish() transposes out 16 pixels at a time.
+// Where the rows of one output block are computed before they are written out: in place
+// when the block is kBlock channels of pixels with contiguous channels in the accumulation
+// type (channels_last fp32/fp64), pixels ps() apart; otherwise row by row through one row
+// buffer, or, for a flat_transposable block, into an unpadded plane buffer that finish()
+// transposes out 16 pixels at a time.
 template <typename scalar_t, typename acc_t>
 struct PlaneWriter {
   const PlaneBlock<scalar_t>& dst;
   int64_t W;
   acc_t* buf;  // one row (W * kBlock) or the whole plane (H * W * kBlock)
-  bool flat;
+  bool flat, direct;
   int64_t pixels = 0;
   static bool wants_plane(const PlaneBlock<scalar_t>& dst, int64_t W) {
     return flat_transposable<scalar_t, acc_t>(dst, W);
   }
   PlaneWriter(const PlaneBlock<scalar_t>& d, int64_t w, acc_t* buffer)
-      : dst(d), W(w), buf(buffer), flat(wants_plane(d, w)) {}
-  acc_t* row(int64_t h) const { return flat ? buf + h * W * kBlock : buf; }
+      : dst(d), W(w), buf(buffer), flat(wants_plane(d, w)),
+        direct(std::is_same_v<scalar_t, acc_t> && d.channels_inner()) {}
+  acc_t* row(int64_t h) const {
+    if constexpr (std::is_same_v<scalar_t, acc_t>)
+      if (direct) return dst.data + h * dst.sh;
+    return flat ? buf + h * W * kBlock : buf;
+  }
+  int64_t ps() const { return direct ? dst.sw : kBlock; }
   void done(int64_t h) {
+    if (direct) return;
     if (flat) pixels = (h + 1) * W;
     else unpack_row(buf, W, h, dst);
   }
@@ -174,20 +187,27 @@ struct PlaneWriter {
   }
 };
 
-// One tap of a row sum: pixel p of the output row reads src + p * kBlock and multiplies it
-// lane by lane with the kBlock weights at w.
+// One tap of a row sum: pixel p of the output row reads src + p * (pixel stride) and
+// multiplies it lane by lane with the kBlock weights at w. col is the input column that
+// pixel 0 reads, relative to src (used only to bounds-check the edge pixels of unpadded rows).
 template <typename acc_t>
 struct Tap {
   const acc_t* src;
   const acc_t* w;
+  int64_t col = 0;
+};
+
+// The pixel strides of a row kernel's input and output: kBlock for the packed scratch,
+// the channel count for a channels_last tensor read and written in place.
+struct Strides {
+  int64_t in, out;
 };
 
 // out[p] = sum_t w_t * src_t[p] for p in [0, pixels), kBlock lanes each, for any list of
-// taps (the stride-2 transposed convolution); out pixels are out_step pixels apart. Four
-// pixels at a time keep 4 x (kBlock / lanes) accumulators in registers, and each weight
-// vector loaded serves four pixels.
+// taps (the stride-2 transposed convolution). Four pixels at a time keep 4 x (kBlock /
+// lanes) accumulators in registers, and each weight vector loaded serves four pixels.
 template <typename acc_t>
-void row_sum(acc_t* out, int64_t out_step, int64_t pixels, const Tap<acc_t>* taps, int ntaps) {
+void row_sum(acc_t* out, int64_t pixels, const Tap<acc_t>* taps, int ntaps, Strides ps) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
   auto four = [&](int64_t p) {
@@ -195,17 +215,17 @@ void row_sum(acc_t* out, int64_t out_step, int64_t pixels, const Tap<acc_t>* tap
     for (int jj = 0; jj < 4; ++jj)
       for (int64_t v = 0; v < V; ++v) a[jj][v] = Vec(0);
     for (int t = 0; t < ntaps; ++t) {
-      const acc_t* x = taps[t].src + p * kBlock;
+      const acc_t* x = taps[t].src + p * ps.in;
 #pragma GCC unroll 4
       for (int64_t v = 0; v < V; ++v) {
         const Vec w = Vec::loadu(taps[t].w + v * L);
 #pragma GCC unroll 4
         for (int jj = 0; jj < 4; ++jj)
-          a[jj][v] = at::vec::fmadd(w, Vec::loadu(x + jj * kBlock + v * L), a[jj][v]);
+          a[jj][v] = at::vec::fmadd(w, Vec::loadu(x + jj * ps.in + v * L), a[jj][v]);
       }
     }
     for (int jj = 0; jj < 4; ++jj)
-      for (int64_t v = 0; v < V; ++v) a[jj][v].store(out + (p + jj) * out_step * kBlock + v * L);
+      for (int64_t v = 0; v < V; ++v) a[jj][v].store(out + (p + jj) * ps.out + v * L);
   };
   int64_t p = 0;
   for (; p + 4 <= pixels; p += 4) four(p);
@@ -220,9 +240,28 @@ void row_sum(acc_t* out, int64_t out_step, int64_t pixels, const Tap<acc_t>* tap
     for (int t = 0; t < ntaps; ++t)
       for (int64_t v = 0; v < V; ++v)
         a[v] = at::vec::fmadd(Vec::loadu(taps[t].w + v * L),
-                              Vec::loadu(taps[t].src + p * kBlock + v * L), a[v]);
-    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * out_step * kBlock + v * L);
+                              Vec::loadu(taps[t].src + p * ps.in + v * L), a[v]);
+    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * ps.out + v * L);
   }
+}
+
+// One output pixel of an unpadded row whose taps may fall outside the input: pixel p reads
+// column p * step + tap.col of each tap, skipped outside [0, cols).
+template <typename acc_t>
+void edge_pixel(acc_t* out, int64_t p, int64_t step, int64_t cols, const Tap<acc_t>* taps,
+                int ntaps, int64_t in_ps) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size(), V = kBlock / L;
+  Vec a[V];
+  for (int64_t v = 0; v < V; ++v) a[v] = Vec(0);
+  for (int t = 0; t < ntaps; ++t) {
+    const int64_t col = p * step + taps[t].col;
+    if (col < 0 || col >= cols) continue;
+    for (int64_t v = 0; v < V; ++v)
+      a[v] = at::vec::fmadd(Vec::loadu(taps[t].w + v * L),
+                            Vec::loadu(taps[t].src + col * in_ps + v * L), a[v]);
+  }
+  for (int64_t v = 0; v < V; ++v) a[v].store(out + v * L);
 }
 
 // The effective weight of one channel block, tap-major: w[t * kBlock + c], zero past the
@@ -255,21 +294,25 @@ struct BlockWeight {
 };
 
 // out[p] = sum_{kh, kw < K} w[kh][kw] * rows[kh][p * S + kw] (K = 3: the inner taps), kBlock
-// lanes per pixel, for a K x K kernel centred in the 5x5 one. Four output pixels at a time:
-// with the loops unrolled, neighbouring pixels share their input loads (pixel p + 1 with
-// tap kw - S reads what pixel p reads with tap kw), and each weight load serves all four.
-template <typename acc_t, int S, int K>
-void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t* w) {
+// lanes per pixel, for a K x K kernel centred in the 5x5 one; pixels ps.out apart in out and
+// ps.in apart in the input rows (kBlock if PackedIn: a packed scratch). Four output pixels
+// at a time: with the loops unrolled, neighbouring pixels share their input loads (pixel
+// p + 1 with tap kw - S reads what pixel p reads with tap kw), and each weight load serves
+// all four. Unpadded inputs (PackedIn false) mark rows outside the image with nullptr.
+template <typename acc_t, int S, int K, bool PackedIn>
+void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t* w, Strides ps) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
   constexpr int k0 = (5 - K) / 2;
+  const int64_t ip = PackedIn ? kBlock : ps.in, op = ps.out;
   // 4 pixels x V vectors of independent accumulators: enough chains to hide FMA latency.
   auto four = [&](int64_t p) {
     Vec a[4][V];
     for (int jj = 0; jj < 4; ++jj)
       for (int64_t v = 0; v < V; ++v) a[jj][v] = Vec(0);
     for (int kh = k0; kh < k0 + K; ++kh) {
-      const acc_t* x = rows[kh] + p * S * kBlock;
+      if (!PackedIn && rows[kh] == nullptr) continue;
+      const acc_t* x = rows[kh] + p * S * ip;
 #pragma GCC unroll 5
       for (int kw = k0; kw < k0 + K; ++kw) {
 #pragma GCC unroll 4
@@ -277,12 +320,12 @@ void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t
           const Vec wv = Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L);
 #pragma GCC unroll 4
           for (int jj = 0; jj < 4; ++jj)
-            a[jj][v] = at::vec::fmadd(wv, Vec::loadu(x + (jj * S + kw) * kBlock + v * L), a[jj][v]);
+            a[jj][v] = at::vec::fmadd(wv, Vec::loadu(x + (jj * S + kw) * ip + v * L), a[jj][v]);
         }
       }
     }
     for (int jj = 0; jj < 4; ++jj)
-      for (int64_t v = 0; v < V; ++v) a[jj][v].store(out + (p + jj) * kBlock + v * L);
+      for (int64_t v = 0; v < V; ++v) a[jj][v].store(out + (p + jj) * op + v * L);
   };
   int64_t p = 0;
   for (; p + 4 <= pixels; p += 4) four(p);
@@ -292,25 +335,73 @@ void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t
     return;
   }
   for (; p < pixels; ++p) {
-    for (int64_t v = 0; v < V; ++v) {
-      Vec a(0);
-      for (int kh = k0; kh < k0 + K; ++kh)
-        for (int kw = k0; kw < k0 + K; ++kw)
-          a = at::vec::fmadd(Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L),
-                             Vec::loadu(rows[kh] + (p * S + kw) * kBlock + v * L), a);
-      a.store(out + p * kBlock + v * L);
+    Vec a[V];
+    for (int64_t v = 0; v < V; ++v) a[v] = Vec(0);
+    for (int kh = k0; kh < k0 + K; ++kh) {
+      if (!PackedIn && rows[kh] == nullptr) continue;
+      for (int kw = k0; kw < k0 + K; ++kw)
+        for (int64_t v = 0; v < V; ++v)
+          a[v] = at::vec::fmadd(Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L),
+                                Vec::loadu(rows[kh] + (p * S + kw) * ip + v * L), a[v]);
     }
+    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * op + v * L);
   }
 }
 
 // dense_row for a run-time stride (1 or 2) and kernel extent (3 or 5).
-template <typename acc_t>
+template <typename acc_t, bool PackedIn>
 void dense_row(int64_t stride, int kernel, acc_t* out, int64_t pixels, const acc_t* const* rows,
-               const acc_t* w) {
+               const acc_t* w, Strides ps = {kBlock, kBlock}) {
   if (stride == 1)
-    (kernel == 5 ? dense_row<acc_t, 1, 5> : dense_row<acc_t, 1, 3>)(out, pixels, rows, w);
+    (kernel == 5 ? dense_row<acc_t, 1, 5, PackedIn> : dense_row<acc_t, 1, 3, PackedIn>)(out, pixels, rows, w, ps);
   else
-    (kernel == 5 ? dense_row<acc_t, 2, 5> : dense_row<acc_t, 2, 3>)(out, pixels, rows, w);
+    (kernel == 5 ? dense_row<acc_t, 2, 5, PackedIn> : dense_row<acc_t, 2, 3, PackedIn>)(out, pixels, rows, w, ps);
+}
+
+constexpr int64_t kEdge = 4;   // pixels at each end of a row computed from a packed copy
+constexpr int64_t kShort = 12;  // rows shorter than this are packed whole
+constexpr int64_t kStripCols = (kShort - 1) * 2 + 5;  // the widest copy: a short row, stride 2
+
+// Output pixels [p0, p1) of direct_row through a zero-padded packed copy of the columns they
+// read.
+template <typename acc_t>
+void strip_row(int64_t stride, int kernel, acc_t* out, int64_t p0, int64_t p1,
+               const acc_t* const* rows, int64_t in_cols, int64_t channels, const acc_t* w) {
+  using Vec = Vectorized<acc_t>;
+  alignas(64) acc_t cols[5 * kStripCols * kBlock];
+  const acc_t* packed[5];
+  const int64_t c0 = p0 * stride - 2, n = (p1 - 1 - p0) * stride + 5;
+  for (int kh = 0; kh < 5; ++kh) {
+    acc_t* row = cols + kh * kStripCols * kBlock;
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t col = c0 + k;
+      for (int64_t v = 0; v < kBlock; v += Vec::size())
+        (rows[kh] && col >= 0 && col < in_cols ? Vec::loadu(rows[kh] + col * channels + v) : Vec(0))
+            .store(row + k * kBlock + v);
+    }
+    packed[kh] = row;
+  }
+  dense_row<acc_t, true>(stride, kernel, out + p0 * channels, p1 - p0, packed, w, {kBlock, channels});
+}
+
+// One output row of a convolution with the K x K kernel centred in the 5x5 weight w (K =
+// kernel), read from and written to unpadded channels_last rows: rows[kh] is the input row
+// that kernel row kh reads (column 0, this block's channels) or nullptr outside the image;
+// input and output pixels are `channels` apart. The interior pixels, whose taps all lie
+// inside the row, are read in place; the kEdge pixels at each end (the whole row when it
+// is short) from a small zero-padded copy of the columns they read, so that every pixel
+// goes through dense_row's register-blocked sums.
+template <typename acc_t>
+void direct_row(int64_t stride, int kernel, acc_t* out, int64_t out_cols, const acc_t* const* rows,
+                int64_t in_cols, int64_t channels, const acc_t* w) {
+  if (out_cols < kShort) return strip_row(stride, kernel, out, 0, out_cols, rows, in_cols, channels, w);
+  strip_row(stride, kernel, out, 0, kEdge, rows, in_cols, channels, w);
+  const acc_t* shifted[5];
+  for (int kh = 0; kh < 5; ++kh)
+    shifted[kh] = rows[kh] ? rows[kh] + (kEdge * stride - 2) * channels : nullptr;
+  dense_row<acc_t, false>(stride, kernel, out + kEdge * channels, out_cols - 2 * kEdge, shifted, w,
+                          {channels, channels});
+  strip_row(stride, kernel, out, out_cols - kEdge, out_cols, rows, in_cols, channels, w);
 }
 
 // Zeroed scratch of n values, kept per thread and slot across calls: a fresh allocation of
@@ -326,16 +417,183 @@ acc_t* thread_scratch(int slot, int64_t n) {
 
 inline int64_t output_size(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
 
+// -- channels_last in place -------------------------------------------------------------------
+// A channels_last tensor whose channels fill whole blocks (fp32, fp64) is read and written
+// where it lies: a pixel's kBlock channels are whole vectors at pixel stride C, rows are
+// contiguous, and a task that sweeps rows over every channel block reads memory in order (a
+// per-block packed copy would read it 64 bytes at a time, C values apart, and write it out
+// the same way). Rows outside the image are skipped and the few pixels whose taps cross the
+// left or right edge are summed tap by tap (direct_row, edge_pixel).
+
+template <typename scalar_t>
+bool in_place(const at::Tensor& t) {
+  if (std::getenv("SPNAS_PACKED")) return false;
+  return std::is_same_v<scalar_t, at::opmath_type<scalar_t>> && t.size(1) % kBlock == 0 &&
+         t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Whether one block's zero-padded plane is small enough to pack whole and work on from the
+// L2 cache (planes up to 28 x 28 in fp32); larger ones are streamed row by row in place.
+template <typename acc_t>
+bool plane_fits(int64_t H, int64_t W) {
+  static const int64_t limit = std::getenv("SPNAS_PLANE_KB") ? std::atoi(std::getenv("SPNAS_PLANE_KB")) * 1024 : 128 * 1024;
+  return (H + 2 * kPad) * (W + 2 * kPad) * kBlock * static_cast<int64_t>(sizeof(acc_t)) <= limit;
+}
+
+template <typename acc_t>
+std::vector<BlockWeight<acc_t>> block_weights(const double* w_eff, int64_t C) {
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  std::vector<BlockWeight<acc_t>> weights;  // (C / 16) x 2 x 25 x 16 values
+  weights.reserve(blocks);
+  for (int64_t b = 0; b < blocks; ++b)
+    weights.emplace_back(w_eff + b * kBlock * kTaps, std::min(kBlock, C - b * kBlock));
+  return weights;
+}
+
+// Zeroes kBlock lanes of `pixels` pixels `step` values apart.
+template <typename acc_t>
+void zero_pixels(acc_t* out, int64_t pixels, int64_t step) {
+  for (int64_t p = 0; p < pixels; ++p) std::fill_n(out + p * step, kBlock, acc_t(0));
+}
+
+// One task per output row (all channel blocks): no reduction, any partition will do.
+template <typename acc_t>
+void forward_in_place(const acc_t* x, acc_t* y, int64_t N, int64_t C, int64_t H, int64_t W,
+                      int64_t stride, const std::vector<BlockWeight<acc_t>>& weights) {
+  const int64_t Ho = output_size(H, stride), Wo = output_size(W, stride);
+  at::parallel_for(0, N * Ho, 1, [&](int64_t begin, int64_t end) {
+    const acc_t* rows[5];
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / Ho, i = r % Ho;
+      acc_t* out = y + r * Wo * C;
+      for (int64_t b = 0, c0 = 0; c0 < C; ++b, c0 += kBlock) {
+        const BlockWeight<acc_t>& bw = weights[b];
+        if (bw.kernel == 0) {  // a skipped layer, unused expansion channels: y = 0
+          zero_pixels(out + c0, Wo, C);
+          continue;
+        }
+        for (int kh = 0; kh < 5; ++kh) {
+          const int64_t ih = i * stride + kh - 2;
+          rows[kh] = ih >= 0 && ih < H ? x + ((n * H + ih) * W) * C + c0 : nullptr;
+        }
+        direct_row(stride, bw.kernel, out + c0, Wo, rows, W, C, bw.w);
+      }
+    }
+  });
+}
+
+// g[(kh * 5 + kw) * kBlock + c] += sum_j dy[j][c] * x_kh[j * stride + kw - 2][c] over one
+// output row, for the rows x_kh that kernel row kh reads (nullptr outside the image).
+template <typename acc_t>
+void weight_grad_row(const acc_t* dy, const acc_t* const* x, int64_t Wo, int64_t W, int64_t stride,
+                     int64_t C, acc_t* g) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size(), V = kBlock / L;
+  const int64_t lo = (2 + stride - 1) / stride;                       // j * S - 2 >= 0
+  const int64_t hi = W < 3 ? -1 : std::min(Wo - 1, (W - 3) / stride);  // j * S + 2 <= W - 1
+  for (int kh = 0; kh < 5; ++kh) {
+    if (x[kh] == nullptr) continue;
+    Vec a[5][V];
+    for (int kw = 0; kw < 5; ++kw)
+      for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
+    for (int64_t j = lo; j <= hi; ++j) {
+      const acc_t* xj = x[kh] + (j * stride - 2) * C;
+#pragma GCC unroll 4
+      for (int64_t v = 0; v < V; ++v) {
+        const Vec d = Vec::loadu(dy + j * C + v * L);
+#pragma GCC unroll 5
+        for (int kw = 0; kw < 5; ++kw)
+          a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * C + v * L), a[kw][v]);
+      }
+    }
+    for (int64_t j = 0; j < Wo; ++j) {  // the edge pixels
+      if (j >= lo && j <= hi) {
+        j = hi;
+        continue;
+      }
+      for (int kw = 0; kw < 5; ++kw) {
+        const int64_t col = j * stride + kw - 2;
+        if (col < 0 || col >= W) continue;
+        for (int64_t v = 0; v < V; ++v)
+          a[kw][v] = at::vec::fmadd(Vec::loadu(dy + j * C + v * L),
+                                    Vec::loadu(x[kh] + col * C + v * L), a[kw][v]);
+      }
+    }
+    for (int kw = 0; kw < 5; ++kw)
+      for (int64_t v = 0; v < V; ++v) {
+        acc_t* gp = g + (kh * 5 + kw) * kBlock + v * L;
+        (Vec::loadu(gp) + a[kw][v]).store(gp);
+      }
+  }
+}
+
+// One row p of dx = the transposed convolution of dy, every channel block.
+template <typename acc_t>
+void input_grad_row(const acc_t* dy, acc_t* dx, int64_t p, int64_t Ho, int64_t Wo, int64_t W,
+                    int64_t C, int64_t stride, const std::vector<BlockWeight<acc_t>>& weights) {
+  const acc_t* rows[5];
+  Tap<acc_t> taps[kTaps];
+  for (int64_t b = 0, c0 = 0; c0 < C; ++b, c0 += kBlock) {
+    const BlockWeight<acc_t>& bw = weights[b];
+    acc_t* out = dx + c0;
+    if (bw.count == 0) {
+      zero_pixels(out, W, C);
+      continue;
+    }
+    if (stride == 1) {
+      // dx[p][q] = sum_{a,b} flipped[a][b] * dy[p + a - 2][q + b - 2]: a stride-1 convolution.
+      for (int a = 0; a < 5; ++a) {
+        const int64_t i = p + a - 2;
+        rows[a] = i >= 0 && i < Ho ? dy + i * Wo * C + c0 : nullptr;
+      }
+      direct_row(1, bw.kernel, out, W, rows, Wo, C, bw.flipped);
+      continue;
+    }
+    // Stride 2: dx[p][2m + e] takes the taps with kh = p and kw = e (mod 2), from dy row
+    // (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2.
+    for (int e = 0; e < 2; ++e) {
+      int count = 0;
+      int64_t min_col = 1, max_col = -1;
+      for (int k = 0; k < bw.count; ++k) {
+        const int t = bw.active[k], kh = t / 5, kw = t % 5;
+        const int64_t i = (p + 2 - kh) / 2;
+        if (((p + kh) & 1) || ((kw - e) & 1) || p + 2 - kh < 0 || i >= Ho) continue;
+        const int64_t col = (e + 2 - kw) / 2;
+        taps[count++] = {dy + i * Wo * C + c0, bw.w + t * kBlock, col};
+        min_col = std::min(min_col, col);
+        max_col = std::max(max_col, col);
+      }
+      const int64_t pixels = (W - e + 1) / 2;
+      if (count == 0) {
+        zero_pixels(out + e * C, pixels, 2 * C);
+        continue;
+      }
+      const int64_t lo = std::max<int64_t>(0, -min_col), hi = std::min(pixels - 1, Wo - 1 - max_col);
+      if (hi >= lo) {
+        Tap<acc_t> shifted[kTaps];
+        for (int k = 0; k < count; ++k)
+          shifted[k] = {taps[k].src + (lo + taps[k].col) * C, taps[k].w, 0};
+        row_sum(out + (2 * lo + e) * C, hi - lo + 1, shifted, count, {C, 2 * C});
+      }
+      for (int64_t m = 0; m < pixels; ++m) {
+        if (m >= lo && m <= hi) m = hi;
+        else edge_pixel(out + (2 * m + e) * C, m, 1, Wo, taps, count, C);
+      }
+    }
+  }
+}
+
 template <typename scalar_t>
 void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const double* w_eff) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = output_size(H, stride), Wo = output_size(W, stride);
   const int64_t blocks = (C + kBlock - 1) / kBlock, ld = W + 2 * kPad;
-  std::vector<BlockWeight<acc_t>> weights;  // (C / 16) x 2 x 25 x 16 values
-  weights.reserve(blocks);
-  for (int64_t b = 0; b < blocks; ++b)
-    weights.emplace_back(w_eff + b * kBlock * kTaps, std::min(kBlock, C - b * kBlock));
+  const std::vector<BlockWeight<acc_t>> weights = block_weights<acc_t>(w_eff, C);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (in_place<scalar_t>(x) && in_place<scalar_t>(y) && !plane_fits<acc_t>(H, W))
+      return forward_in_place(x.data_ptr<acc_t>(), y.data_ptr<acc_t>(), N, C, H, W, stride, weights);
+  }
   const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(PlaneBlock<scalar_t>(y, 0, 0, std::min(kBlock, C)), Wo);  // a per-plane output buffer
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * ld * kBlock);
@@ -351,8 +609,8 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
       for (int64_t i = 0; i < Ho; ++i) {
         acc_t* row = out.row(i);
         for (int kh = 0; kh < 5; ++kh) rows[kh] = X + (i * stride + kh) * ld * kBlock;
-        if (bw.kernel > 0) dense_row(stride, bw.kernel, row, Wo, rows, bw.w);
-        else std::fill_n(row, Wo * kBlock, acc_t(0));  // a skipped layer: y = 0
+        if (bw.kernel > 0) dense_row<acc_t, true>(stride, bw.kernel, row, Wo, rows, bw.w, {kBlock, out.ps()});
+        else zero_pixels(row, Wo, out.ps());  // a skipped layer: y = 0
         out.done(i);
       }
       out.finish();
@@ -361,23 +619,21 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
 }
 
 // g[t * kBlock + c] += sum_{i,j} dy[i][j][c] * X[i*stride + kh][j*stride + kw][c]: the gradient
-// of the effective weight for one packed block. Per output row and kernel row, the 5 taps'
-// accumulators stay in registers; the plane's sums are then added to g in double.
+// of the effective weight for one packed block. Per kernel row, the 5 taps' accumulators
+// stay in registers over the whole plane; their sums are then added to g in double.
 template <typename acc_t>
 void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy_ld,
                        int64_t dy_pad, int64_t Ho, int64_t Wo, int64_t stride, double* g) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
-  Vec plane[kTaps][V];
-  for (int t = 0; t < kTaps; ++t)
-    for (int64_t v = 0; v < V; ++v) plane[t][v] = Vec(0);
-  for (int64_t i = 0; i < Ho; ++i) {
-    const acc_t* dy = DY + ((i + dy_pad) * dy_ld + dy_pad) * kBlock;
-    for (int kh = 0; kh < 5; ++kh) {
+  alignas(64) acc_t lanes[kBlock];
+  for (int kh = 0; kh < 5; ++kh) {
+    Vec a[5][V];  // 5 taps x V vectors of independent accumulators
+    for (int kw = 0; kw < 5; ++kw)
+      for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
+    for (int64_t i = 0; i < Ho; ++i) {
+      const acc_t* dy = DY + ((i + dy_pad) * dy_ld + dy_pad) * kBlock;
       const acc_t* x = X + (i * stride + kh) * x_ld * kBlock;
-      Vec a[5][V];  // 5 taps x V vectors of independent accumulators
-      for (int kw = 0; kw < 5; ++kw)
-        for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
       for (int64_t j = 0; j < Wo; ++j) {
         const acc_t* xj = x + j * stride * kBlock;
 #pragma GCC unroll 4
@@ -388,15 +644,121 @@ void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy
             a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * kBlock + v * L), a[kw][v]);
         }
       }
-      for (int kw = 0; kw < 5; ++kw)
-        for (int64_t v = 0; v < V; ++v) plane[kh * 5 + kw][v] = plane[kh * 5 + kw][v] + a[kw][v];
+    }
+    for (int kw = 0; kw < 5; ++kw) {
+      for (int64_t v = 0; v < V; ++v) a[kw][v].store(lanes + v * L);
+      for (int64_t c = 0; c < kBlock; ++c) g[(kh * 5 + kw) * kBlock + c] += lanes[c];
     }
   }
-  alignas(64) acc_t lanes[kBlock];
-  for (int t = 0; t < kTaps; ++t) {
-    for (int64_t v = 0; v < V; ++v) plane[t][v].store(lanes + v * L);
-    for (int64_t c = 0; c < kBlock; ++c) g[t * kBlock + c] += lanes[c];
+}
+
+// One row p of dx for one packed block: the transposed convolution of the zero-padded DY
+// (padded by 2 for stride 1, by 1 for stride 2), written to out, pixels out_ps apart.
+template <typename acc_t>
+void packed_input_grad_row(const acc_t* DY, int64_t dy_ld, int64_t p, int64_t W, int64_t stride,
+                           const BlockWeight<acc_t>& bw, acc_t* out, int64_t out_ps) {
+  if (bw.count == 0) {  // a skipped layer or unused expansion channels: dx = 0
+    zero_pixels(out, W, out_ps);
+    return;
   }
+  if (stride == 1) {
+    // dx[p][q] = sum_{a,b} flipped[a][b] * DY[p + a][q + b]: a stride-1 convolution.
+    const acc_t* rows[5];
+    for (int a = 0; a < 5; ++a) rows[a] = DY + (p + a) * dy_ld * kBlock;
+    dense_row<acc_t, true>(1, bw.kernel, out, W, rows, bw.flipped, {kBlock, out_ps});
+    return;
+  }
+  // Stride 2: dx[p][2m + e] takes the taps with kh = p and kw = e (mod 2), from dy row
+  // (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2 (DY offsets + 1).
+  Tap<acc_t> taps[kTaps];
+  for (int e = 0; e < 2; ++e) {
+    int count = 0;
+    for (int k = 0; k < bw.count; ++k) {
+      const int t = bw.active[k], kh = t / 5, kw = t % 5;
+      if (((p + kh) & 1) || ((kw - e) & 1)) continue;
+      taps[count++] = {DY + (((p + 2 - kh) / 2 + 1) * dy_ld + 1 + (e + 2 - kw) / 2) * kBlock,
+                       bw.w + t * kBlock};
+    }
+    const int64_t pixels = (W - e + 1) / 2;
+    if (count == 0) zero_pixels(out + e * out_ps, pixels, 2 * out_ps);
+    else row_sum(out + e * out_ps, pixels, taps, count, {kBlock, 2 * out_ps});
+  }
+}
+
+// The backward of a channels_last tensor of whole channel blocks. The weight gradient is a
+// sum over the whole batch: the work is cut into `groups` runs fixed by the shape alone (not
+// the thread count), each run sums into its own partial, and the partials are added in
+// order: deterministic. Small planes (plane_fits) go by whole samples, every block of a
+// sample packed in turn while the sample is in cache; large ones by output rows, in place,
+// each run computing the dx rows below its dy rows as soon as the dy rows they read have
+// been visited, so that dy is read from memory once.
+template <typename acc_t>
+void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t N, int64_t C,
+                            int64_t H, int64_t W, int64_t stride,
+                            const std::vector<BlockWeight<acc_t>>& weights, double* g_eff) {
+  const int64_t Ho = output_size(H, stride), Wo = output_size(W, stride);
+  const int64_t blocks = C / kBlock, per_block = kTaps * kBlock;
+  const bool planes = plane_fits<acc_t>(H, W);
+  const int64_t units = planes ? N : N * Ho;  // whole samples or output rows
+  const int64_t work = units * (planes ? Ho : 1) * Wo * C;
+  const int64_t groups = std::clamp<int64_t>((work + 65535) / 65536, 1, std::min<int64_t>(16, units));
+  const int64_t x_ld = W + 2 * kPad, dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
+  std::vector<double> partial(groups * blocks * per_block, 0.0);  // [group][block][tap][lane]
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t u0 = g * units / groups, u1 = (g + 1) * units / groups;
+      double* part = partial.data() + g * blocks * per_block;
+      if (planes) {
+        acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);
+        acc_t* DY = thread_scratch<acc_t>(1, (Ho + 2 * dy_pad) * dy_ld * kBlock);
+        for (int64_t n = u0; n < u1; ++n)
+          for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t c0 = b * kBlock;
+            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(x) + n * H * W * C, c0, W, C), H, W, kPad, x_ld, X);
+            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(dy) + n * Ho * Wo * C, c0, Wo, C), Ho, Wo, dy_pad,
+                 dy_ld, DY);
+            weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, part + b * per_block);
+            for (int64_t p = 0; p < H; ++p)
+              packed_input_grad_row(DY, dy_ld, p, W, stride, weights[b], dx + ((n * H + p) * W) * C + c0, C);
+          }
+        continue;
+      }
+      std::vector<acc_t> stage(blocks * per_block);
+      const acc_t* xrows[5];
+      for (int64_t r = u0; r < u1;) {
+        // sample n, output rows [i0, i1); this run also owns dx rows [S i0, S i1) within H
+        const int64_t n = r / Ho, i0 = r % Ho, i1 = std::min(Ho, i0 + (u1 - r));
+        const acc_t* dyn = dy + n * Ho * Wo * C;
+        const acc_t* xn = x + n * H * W * C;
+        acc_t* dxn = dx + n * H * W * C;
+        std::fill(stage.begin(), stage.end(), acc_t(0));
+        int64_t p = stride * i0;
+        const int64_t p_end = std::min(H, stride * i1);
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t b = 0; b < blocks; ++b) {
+            for (int kh = 0; kh < 5; ++kh) {
+              const int64_t ih = i * stride + kh - 2;
+              xrows[kh] = ih >= 0 && ih < H ? xn + ih * W * C + b * kBlock : nullptr;
+            }
+            weight_grad_row(dyn + i * Wo * C + b * kBlock, xrows, Wo, W, stride, C,
+                            stage.data() + b * per_block);
+          }
+          for (; p < p_end && (p + 2) / stride <= i; ++p)
+            input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
+        }
+        for (; p < p_end; ++p) input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
+        for (int64_t k = 0; k < blocks * per_block; ++k) part[k] += stage[k];
+        r += i1 - i0;
+      }
+    }
+  });
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int t = 0; t < kTaps; ++t)
+      for (int64_t c = 0; c < kBlock; ++c) {
+        double sum = 0;
+        for (int64_t g = 0; g < groups; ++g) sum += partial[(g * blocks + b) * per_block + t * kBlock + c];
+        g_eff[(b * kBlock + c) * kTaps + t] = sum;
+      }
 }
 
 template <typename scalar_t>
@@ -410,13 +772,17 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
   // w[kh][kw] dy[p+2-kh][q+2-kw]), by 1 for stride 2 (dy row (p+2-kh)/2 lies in [-1, Ho]).
   const int64_t dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
   std::fill(g_eff, g_eff + C * kTaps, 0.0);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (in_place<scalar_t>(x) && in_place<scalar_t>(dy) && in_place<scalar_t>(dx))
+      return backward_channels_last(dy.data_ptr<acc_t>(), x.data_ptr<acc_t>(), dx.data_ptr<acc_t>(), N,
+                                    C, H, W, stride, block_weights<acc_t>(w_eff, C), g_eff);
+  }
   const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(PlaneBlock<scalar_t>(dx, 0, 0, std::min(kBlock, C)), W);
   // One task per channel block, looping over the batch in order: deterministic sums.
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);
     acc_t* DY = thread_scratch<acc_t>(1, (Ho + 2 * dy_pad) * dy_ld * kBlock);
     acc_t* buf = thread_scratch<acc_t>(2, (plane ? H : 1) * W * kBlock);
-    Tap<acc_t> taps[kTaps];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t c0 = b * kBlock, nc = std::min(kBlock, C - c0);
       const BlockWeight<acc_t> bw(w_eff + c0 * kTaps, nc);
@@ -428,37 +794,7 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
         const PlaneBlock<scalar_t> block(dx, n, c0, nc);
         PlaneWriter<scalar_t, acc_t> out(block, W, buf);
         for (int64_t p = 0; p < H; ++p) {
-          acc_t* row = out.row(p);
-          if (bw.count == 0) {  // a skipped layer or unused expansion channels: dx = 0
-            std::fill_n(row, W * kBlock, acc_t(0));
-            out.done(p);
-            continue;
-          }
-          if (stride == 1) {
-            // dx[p][q] = sum_{a,b} flipped[a][b] * DY[p + a][q + b]: a stride-1 convolution.
-            const acc_t* rows[5];
-            for (int a = 0; a < 5; ++a) rows[a] = DY + (p + a) * dy_ld * kBlock;
-            dense_row(1, bw.kernel, row, W, rows, bw.flipped);
-          } else {
-            // Stride 2: dx[p][2m + e] takes the taps with kh = p and kw = e (mod 2), from dy
-            // row (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2 (DY offsets + 1).
-            for (int e = 0; e < 2; ++e) {
-              int count = 0;
-              for (int k = 0; k < bw.count; ++k) {
-                const int t = bw.active[k], kh = t / 5, kw = t % 5;
-                if (((p + kh) & 1) || ((kw - e) & 1)) continue;
-                taps[count++] = {DY + (((p + 2 - kh) / 2 + 1) * dy_ld + 1 + (e + 2 - kw) / 2) * kBlock,
-                                 bw.w + t * kBlock};
-              }
-              const int64_t pixels = (W - e + 1) / 2;
-              if (count == 0) {
-                for (int64_t m = 0; m < pixels; ++m)
-                  std::fill_n(row + (2 * m + e) * kBlock, kBlock, acc_t(0));
-              } else {
-                row_sum(row + e * kBlock, 2, pixels, taps, count);
-              }
-            }
-          }
+          packed_input_grad_row(DY, dy_ld, p, W, stride, bw, out.row(p), out.ps());
           out.done(p);
         }
         out.finish();

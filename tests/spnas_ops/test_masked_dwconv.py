@@ -25,6 +25,7 @@ SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
     # multiple of 16, along the flattened plane otherwise) and the channels_last fast paths
     (1, 16, 5, 32),
     (2, 48, 11, 19),
+    (1, 32, 45, 61),  # a plane too large to pack whole: channels_last streamed row by row
 ]
 
 
