@@ -2,16 +2,22 @@
 // set (kernel_default.cpp, kernel_avx2.cpp, kernel_avx512.cpp) into the namespace
 // spnas::cpu::<CPU_CAPABILITY>; masked_dwconv_cpu.cpp picks one at run time.
 //
-// Layout of the work. Channels are processed in blocks of 16. A task copies ("packs") one
-// block of one sample into a zero-padded scratch image of 16-channel pixels, (H+4) x (W+4)
-// x 16, in the accumulation type (converting dtype and memory format on the way), so that
-// every tap of every sum is an unchecked load of whole vectors along the channels, whatever
-// the stride, plane size or input layout. Each output row is then a register-blocked sum
-// over the nonzero taps, written out row by row.
-// The backward reads x and dy once from memory; dL/dw_eff is accumulated per channel block
-// by the task that owns the block, looping over the batch in order (deterministic, no
-// atomics), and dx is a gather over the zero-padded dy with the effective weight, skipping
-// taps that the decisions zero (3x3 kernel, unused expansion, skipped layer).
+// Layout of the work. Channels are processed in blocks of 16 (one vector or two or four,
+// by instruction set); every sum is register-blocked over four output pixels and the
+// nonzero taps only (the inner 3x3 when d_kernel = 0, none for a skipped layer or unused
+// expansion channels).
+//  * Packed: a task copies ("packs") one block of one sample into a zero-padded scratch
+//    image of 16-channel pixels, (H+4) x (W+4) x 16, in the accumulation type (converting
+//    dtype and memory format on the way: NCHW fp32 by 16x16 vector transposes), so that
+//    every tap is an unchecked load of whole vectors, whatever the stride, plane size or
+//    layout. Rows are written out through a PlaneWriter (in place for channels_last).
+//  * In place: a channels_last fp32/fp64 tensor of whole channel blocks whose planes are
+//    too large to pack whole is read and written where it lies, row by row over every
+//    block, so that memory is swept in order (direct_row, weight_grad_row, input_grad_row).
+// The backward reads x and dy once from memory and yields dx and dL/dw_eff. dL/dw_eff is
+// summed in a fixed order whatever the thread count (no atomics): per channel block over
+// the batch (packed NCHW), or per run of samples/rows with partials added in order
+// (channels_last). dx is a gather over dy with the effective weight.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,7 +26,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <array>
 #include <type_traits>
 #include <vector>
@@ -427,7 +432,6 @@ inline int64_t output_size(int64_t size, int64_t stride) { return (size - 1) / s
 
 template <typename scalar_t>
 bool in_place(const at::Tensor& t) {
-  if (std::getenv("SPNAS_PACKED")) return false;
   return std::is_same_v<scalar_t, at::opmath_type<scalar_t>> && t.size(1) % kBlock == 0 &&
          t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
@@ -436,8 +440,8 @@ bool in_place(const at::Tensor& t) {
 // L2 cache (planes up to 28 x 28 in fp32); larger ones are streamed row by row in place.
 template <typename acc_t>
 bool plane_fits(int64_t H, int64_t W) {
-  static const int64_t limit = std::getenv("SPNAS_PLANE_KB") ? std::atoi(std::getenv("SPNAS_PLANE_KB")) * 1024 : 128 * 1024;
-  return (H + 2 * kPad) * (W + 2 * kPad) * kBlock * static_cast<int64_t>(sizeof(acc_t)) <= limit;
+  constexpr int64_t kLimit = 128 * 1024;
+  return (H + 2 * kPad) * (W + 2 * kPad) * kBlock * static_cast<int64_t>(sizeof(acc_t)) <= kLimit;
 }
 
 template <typename acc_t>

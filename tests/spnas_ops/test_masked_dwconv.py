@@ -26,6 +26,7 @@ SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
     (1, 16, 5, 32),
     (2, 48, 11, 19),
     (1, 32, 45, 61),  # a plane too large to pack whole: channels_last streamed row by row
+    (1, 16, 260, 6),  # the same with rows too short for in-place interiors
 ]
 
 
