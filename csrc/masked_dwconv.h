@@ -14,16 +14,18 @@ inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
              : at::MemoryFormat::Contiguous;
 }
 
-inline int64_t output_size(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
+inline int64_t output_size(int64_t size, int64_t stride) {
+  return (size - 1) / stride + 1;
+}
 
 inline void check_inputs(const at::Tensor& x, const at::Tensor& weight,
                          const at::Tensor& thresholds, const at::Tensor& scale, int64_t stride) {
   TORCH_CHECK(x.dim() == 4, "masked_dwconv: x must be 4-D (N, C, H, W), got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()),
               "masked_dwconv: x must be a floating-point tensor, got ", x.scalar_type());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == 5 &&
-                  weight.size(3) == 5,
-              "masked_dwconv: weight must have shape (C, 1, 5, 5), got ", weight.sizes());
+  TORCH_CHECK(
+      weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == 5 && weight.size(3) == 5,
+      "masked_dwconv: weight must have shape (C, 1, 5, 5), got ", weight.sizes());
   TORCH_CHECK(weight.size(0) == x.size(1), "masked_dwconv: weight has ", weight.size(0),
               " channels but x has C=", x.size(1));
   TORCH_CHECK(x.size(1) % 2 == 0, "masked_dwconv: x must have an even number of channels C, got ",

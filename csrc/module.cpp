@@ -4,4 +4,6 @@
 
 static struct PyModuleDef spnas_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
 
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&spnas_module); }
+PyMODINIT_FUNC PyInit__C(void) {
+  return PyModule_Create(&spnas_module);
+}

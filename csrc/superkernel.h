@@ -29,20 +29,20 @@ inline double sigmoid_grad(double z) {
 struct Superkernel {
   int64_t channels = 0;
   bool skippable = true;
-  double t[3] = {0, 0, 0};       // thresholds (t_kernel, t_expand, t_keep)
-  double r[3] = {1, 1, 1};       // indicator multipliers (scale)
-  double norm[3] = {0, 0, 0};    // ||w*M5||, ||w1[hi]||, ||w1[lo]||
-  double d[3] = {0, 0, 0};       // decisions (d_kernel, d_expand, d_keep)
-  std::vector<double> w;         // the weight, (C, 25)
-  std::vector<double> w1;        // w*M3 + d_kernel * w*M5, (C, 25)
-  std::vector<double> w_eff;     // the effective weight, (C, 25)
+  double t[3] = {0, 0, 0};     // thresholds (t_kernel, t_expand, t_keep)
+  double r[3] = {1, 1, 1};     // indicator multipliers (scale)
+  double norm[3] = {0, 0, 0};  // ||w*M5||, ||w1[hi]||, ||w1[lo]||
+  double d[3] = {0, 0, 0};     // decisions (d_kernel, d_expand, d_keep)
+  std::vector<double> w;       // the weight, (C, 25)
+  std::vector<double> w1;      // w*M3 + d_kernel * w*M5, (C, 25)
+  std::vector<double> w_eff;   // the effective weight, (C, 25)
 
   // Multiplier of w1 in w_eff for channel c: d_keep for lo, d_keep * d_expand for hi.
   double channel_gate(int64_t c) const { return c < channels / 2 ? d[2] : d[2] * d[1]; }
 
   // The weight must already be in double, (C, 25) row-major.
-  Superkernel(std::vector<double> weight, int64_t c, const double* thresholds,
-              const double* scale, bool can_skip)
+  Superkernel(std::vector<double> weight, int64_t c, const double* thresholds, const double* scale,
+              bool can_skip)
       : channels(c), skippable(can_skip), w(std::move(weight)), w1(w.size()), w_eff(w.size()) {
     for (int i = 0; i < 3; ++i) {
       t[i] = thresholds[i];

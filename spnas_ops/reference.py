@@ -31,28 +31,49 @@ def indicator(z: torch.Tensor) -> torch.Tensor:
     return (z >= 0).to(z.dtype) + (s - s.detach())
 
 
+def _decide(weight: torch.Tensor, thresholds: torch.Tensor, scale: torch.Tensor,
+            skippable: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w1 = w*M3 + d_kernel * w*M5 (C, 5, 5), the margins z = ||.|| - t (3,) that the three
+    indicators compare, and the decisions d = (kernel, expand, keep) (3,)."""
+    c = weight.shape[0]
+    m3 = inner_mask(weight.device, weight.dtype)
+    w = weight.reshape(c, KERNEL, KERNEL)
+    outer = w * (1 - m3)
+    z_kernel = torch.linalg.vector_norm(outer) - thresholds[0]
+    d_kernel = indicator(z_kernel) * scale[0]
+    w1 = w * m3 + d_kernel * outer
+    z_expand = torch.linalg.vector_norm(w1[c // 2:]) - thresholds[1]
+    z_keep = torch.linalg.vector_norm(w1[: c // 2]) - thresholds[2]
+    d_expand = indicator(z_expand) * scale[1]
+    if skippable:
+        d_keep = indicator(z_keep) * scale[2]
+    else:
+        d_keep = torch.ones((), device=weight.device, dtype=weight.dtype)
+    return w1, torch.stack([z_kernel, z_expand, z_keep]), torch.stack([d_kernel, d_expand, d_keep])
+
+
 def masked_weight(weight: torch.Tensor, thresholds: torch.Tensor, scale: torch.Tensor,
                   skippable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The effective depthwise weight w_eff (C, 1, 5, 5) and the decisions d = (kernel, expand, keep).
 
     `scale` (the indicator-dropout multipliers r) is a constant: it receives no gradient.
     """
-    scale = scale.detach()
     c = weight.shape[0]
-    m3 = inner_mask(weight.device, weight.dtype)
-    m5 = 1 - m3
-    w = weight.reshape(c, KERNEL, KERNEL)
-    outer = w * m5
-    d_kernel = indicator(torch.linalg.vector_norm(outer) - thresholds[0]) * scale[0]
-    w1 = w * m3 + d_kernel * outer
+    w1, _, d = _decide(weight, thresholds, scale.detach(), skippable)
+    d_expand, d_keep = d[1], d[2]
     lo, hi = w1[: c // 2], w1[c // 2:]
-    d_expand = indicator(torch.linalg.vector_norm(hi) - thresholds[1]) * scale[1]
-    if skippable:
-        d_keep = indicator(torch.linalg.vector_norm(lo) - thresholds[2]) * scale[2]
-    else:
-        d_keep = torch.ones((), device=weight.device, dtype=weight.dtype)
     w_eff = torch.cat([d_keep * lo, (d_keep * d_expand) * hi], dim=0)
-    return w_eff.reshape(c, 1, KERNEL, KERNEL), torch.stack([d_kernel, d_expand, d_keep])
+    return w_eff.reshape(c, 1, KERNEL, KERNEL), d
+
+
+@torch.no_grad()
+def indicator_margins(weight: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(3,) the margins ||.|| - t of the three indicators without dropout: the kernel's outer
+    ring, then the e6 and e3 halves of w1 (which hold the outer ring only while the kernel
+    decision is on). A decision is on iff its margin is >= 0 (keep: when skippable). With
+    zero thresholds the margins are the norms compared when every decision is on."""
+    ones = torch.ones(3, device=weight.device, dtype=weight.dtype)
+    return _decide(weight, thresholds, ones, True)[1]
 
 
 def masked_dwconv(x: torch.Tensor, weight: torch.Tensor, thresholds: torch.Tensor,

@@ -2,8 +2,10 @@
 // (superkernel.h), the per-pixel work in the vectorized kernels of masked_dwconv_kernel.h,
 // compiled per instruction set and chosen once at run time.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -20,11 +22,11 @@
 
 namespace spnas::cpu {
 
-#define SPNAS_DECLARE_KERNELS(ISA)                                                            \
-  namespace ISA {                                                                             \
-  void forward(const at::Tensor& x, at::Tensor& y, int64_t stride, const double* w_eff);      \
-  void backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, int64_t stride,    \
-                const double* w_eff, double* g_eff);                                          \
+#define SPNAS_DECLARE_KERNELS(ISA)                                                         \
+  namespace ISA {                                                                          \
+  void forward(const at::Tensor& x, at::Tensor& y, int64_t stride, const double* w_eff);   \
+  void backward(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, int64_t stride, \
+                const double* w_eff, double* g_eff);                                       \
   }
 SPNAS_DECLARE_KERNELS(DEFAULT)
 #ifdef SPNAS_HAVE_AVX2
@@ -106,24 +108,25 @@ std::tuple<at::Tensor, at::Tensor> masked_dwconv_cpu(const at::Tensor& x, const 
                                                      bool skippable) {
   check_inputs(x, weight, thresholds, scale, stride);
   const Superkernel sk = make_superkernel(weight, thresholds, scale, skippable);
-  at::Tensor y = empty_output({x.size(0), x.size(1), output_size(x.size(2), stride),
-                                output_size(x.size(3), stride)},
-                               x.options().memory_format(output_memory_format(x)));
+  at::Tensor y = empty_output(
+      {x.size(0), x.size(1), output_size(x.size(2), stride), output_size(x.size(3), stride)},
+      x.options().memory_format(output_memory_format(x)));
   if (y.numel() > 0) kernels().forward(x, y, stride, sk.w_eff.data());
-  at::Tensor d = at::tensor(std::vector<double>(sk.d, sk.d + 3), at::kDouble)
-                     .to(thresholds.scalar_type());
+  at::Tensor d =
+      at::tensor(std::vector<double>(sk.d, sk.d + 3), at::kDouble).to(thresholds.scalar_type());
   return {y, d};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& grad_d, const at::Tensor& x,
-    const at::Tensor& weight, const at::Tensor& thresholds, const at::Tensor& scale,
-    int64_t stride, bool skippable) {
+    const at::Tensor& weight, const at::Tensor& thresholds, const at::Tensor& scale, int64_t stride,
+    bool skippable) {
   check_inputs(x, weight, thresholds, scale, stride);
   const std::vector<int64_t> y_shape{x.size(0), x.size(1), output_size(x.size(2), stride),
                                      output_size(x.size(3), stride)};
-  TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(y_shape), "masked_dwconv_backward: grad_y must have shape ",
-              at::IntArrayRef(y_shape), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(y_shape),
+              "masked_dwconv_backward: grad_y must have shape ", at::IntArrayRef(y_shape), ", got ",
+              grad_y.sizes());
   TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
               "masked_dwconv_backward: grad_y dtype must match x");
   TORCH_CHECK(grad_d.numel() == 3, "masked_dwconv_backward: grad_d must have 3 elements");
@@ -136,12 +139,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cpu(
   double g_t[3];
   sk.backward(g_eff, g_d.data(), g_w, g_t);
   at::Tensor dw = at::tensor(g_w, at::kDouble).view(weight.sizes()).to(weight.scalar_type());
-  at::Tensor dt = at::tensor(std::vector<double>(g_t, g_t + 3), at::kDouble)
-                      .to(thresholds.scalar_type());
+  at::Tensor dt =
+      at::tensor(std::vector<double>(g_t, g_t + 3), at::kDouble).to(thresholds.scalar_type());
   return {dx, dw, dt};
 }
 
-std::string cpu_capability() { return kernels().name; }
+std::string cpu_capability() {
+  return kernels().name;
+}
+
+int64_t parallel_threads() {
+  std::atomic<int64_t> seen{0};
+  at::parallel_for(0, 4096, 1, [&](int64_t, int64_t) {
+    const int64_t t = at::get_thread_num() + 1;
+    int64_t cur = seen.load();
+    while (cur < t && !seen.compare_exchange_weak(cur, t)) {
+    }
+  });
+  return seen.load();
+}
 
 }  // namespace
 
@@ -150,7 +166,12 @@ TORCH_LIBRARY_IMPL(spnas, CPU, m) {
   m.impl("masked_dwconv_backward", &masked_dwconv_backward_cpu);
 }
 
-// Which instruction set the CPU kernels run with here ("default", "avx2" or "avx512").
-TORCH_LIBRARY_FRAGMENT(spnas, m) { m.def("cpu_capability() -> str", &cpu_capability); }
+// cpu_capability: which instruction set the CPU kernels run with here ("default", "avx2" or
+// "avx512"). parallel_threads: how many threads the kernels' at::parallel_for runs on
+// (torch.get_num_threads() when the library is built with torch's threading).
+TORCH_LIBRARY_FRAGMENT(spnas, m) {
+  m.def("cpu_capability() -> str", &cpu_capability);
+  m.def("parallel_threads() -> int", &parallel_threads);
+}
 
 }  // namespace spnas::cpu

@@ -47,7 +47,10 @@ struct PlaneBlock {
   int64_t sc, sh, sw, channels;
   PlaneBlock(const at::Tensor& t, int64_t n, int64_t c0, int64_t nc)
       : data(t.data_ptr<scalar_t>() + n * t.stride(0) + c0 * t.stride(1)),
-        sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)), channels(nc) {}
+        sc(t.stride(1)),
+        sh(t.stride(2)),
+        sw(t.stride(3)),
+        channels(nc) {}
   // A full block of a channels_last sample of W-pixel rows and C channels.
   PlaneBlock(scalar_t* sample, int64_t c0, int64_t W, int64_t C)
       : data(sample + c0), sc(1), sh(W * C), sw(C), channels(kBlock) {}
@@ -88,11 +91,13 @@ void pack(const PlaneBlock<scalar_t>& src, int64_t H, int64_t W, int64_t pad, in
           at::vec::transpose_mxn<float, kBlock, kBlock>(src.data + q0, src.sc, tile, kBlock);
         } else {
           for (int64_t k = 0; k < n; ++k)
-            for (int64_t c = 0; c < kBlock; ++c) tile[k * kBlock + c] = src.data[c * src.sc + q0 + k];
+            for (int64_t c = 0; c < kBlock; ++c)
+              tile[k * kBlock + c] = src.data[c * src.sc + q0 + k];
         }
         for (int64_t k = 0; k < n; ++k) {
           float* d = dst + ((h + pad) * ld + w + pad) * kBlock;
-          for (int64_t v = 0; v < kBlock; v += Vec::size()) Vec::loadu(tile + k * kBlock + v).store(d + v);
+          for (int64_t v = 0; v < kBlock; v += Vec::size())
+            Vec::loadu(tile + k * kBlock + v).store(d + v);
           if (++w == W) w = 0, ++h;
         }
       }
@@ -103,8 +108,13 @@ void pack(const PlaneBlock<scalar_t>& src, int64_t H, int64_t W, int64_t pad, in
     acc_t* __restrict__ row = dst + ((h + pad) * ld + pad) * kBlock;
     const scalar_t* __restrict__ s = src.data + h * src.sh;
     if (src.channels_inner()) {
-      for (int64_t w = 0; w < W; ++w)
-        for (int64_t c = 0; c < kBlock; ++c) row[w * kBlock + c] = static_cast<acc_t>(s[w * src.sw + c]);
+      // channels_last: one block is kBlock values every sw; the next block's values, which a
+      // task packing the blocks of a sample in turn reads next, are fetched on the way.
+      for (int64_t w = 0; w < W; ++w) {
+        __builtin_prefetch(s + w * src.sw + kBlock);
+        for (int64_t c = 0; c < kBlock; ++c)
+          row[w * kBlock + c] = static_cast<acc_t>(s[w * src.sw + c]);
+      }
     } else if (transposable<scalar_t, acc_t>(src)) {
       // NCHW fp32: 16 channels x 16 pixels at a time through vector registers.
       if constexpr (kFloat<scalar_t, acc_t>) {
@@ -134,7 +144,8 @@ void unpack_row(const acc_t* __restrict__ row, int64_t W, int64_t h,
   scalar_t* __restrict__ d = dst.data + h * dst.sh;
   if (dst.channels_inner()) {
     for (int64_t w = 0; w < W; ++w)
-      for (int64_t c = 0; c < kBlock; ++c) d[w * dst.sw + c] = static_cast<scalar_t>(row[w * kBlock + c]);
+      for (int64_t c = 0; c < kBlock; ++c)
+        d[w * dst.sw + c] = static_cast<scalar_t>(row[w * kBlock + c]);
   } else if (transposable<scalar_t, acc_t>(dst)) {
     if constexpr (kFloat<scalar_t, acc_t>) {
       int64_t w = 0;
@@ -167,7 +178,10 @@ struct PlaneWriter {
     return flat_transposable<scalar_t, acc_t>(dst, W);
   }
   PlaneWriter(const PlaneBlock<scalar_t>& d, int64_t w, acc_t* buffer)
-      : dst(d), W(w), buf(buffer), flat(wants_plane(d, w)),
+      : dst(d),
+        W(w),
+        buf(buffer),
+        flat(wants_plane(d, w)),
         direct(std::is_same_v<scalar_t, acc_t> && d.channels_inner()) {}
   acc_t* row(int64_t h) const {
     if constexpr (std::is_same_v<scalar_t, acc_t>)
@@ -177,15 +191,18 @@ struct PlaneWriter {
   int64_t ps() const { return direct ? dst.sw : kBlock; }
   void done(int64_t h) {
     if (direct) return;
-    if (flat) pixels = (h + 1) * W;
-    else unpack_row(buf, W, h, dst);
+    if (flat)
+      pixels = (h + 1) * W;
+    else
+      unpack_row(buf, W, h, dst);
   }
   void finish() const {
     if constexpr (kFloat<scalar_t, acc_t>) {
       if (!flat) return;
       int64_t q = 0;
       for (; q + kBlock <= pixels; q += kBlock)
-        at::vec::transpose_mxn<float, kBlock, kBlock>(buf + q * kBlock, kBlock, dst.data + q, dst.sc);
+        at::vec::transpose_mxn<float, kBlock, kBlock>(buf + q * kBlock, kBlock, dst.data + q,
+                                                      dst.sc);
       for (; q < pixels; ++q)
         for (int64_t c = 0; c < kBlock; ++c) dst.data[c * dst.sc + q] = buf[q * kBlock + c];
     }
@@ -358,12 +375,14 @@ template <typename acc_t, bool PackedIn>
 void dense_row(int64_t stride, int kernel, acc_t* out, int64_t pixels, const acc_t* const* rows,
                const acc_t* w, Strides ps = {kBlock, kBlock}) {
   if (stride == 1)
-    (kernel == 5 ? dense_row<acc_t, 1, 5, PackedIn> : dense_row<acc_t, 1, 3, PackedIn>)(out, pixels, rows, w, ps);
+    (kernel == 5 ? dense_row<acc_t, 1, 5, PackedIn>
+                 : dense_row<acc_t, 1, 3, PackedIn>)(out, pixels, rows, w, ps);
   else
-    (kernel == 5 ? dense_row<acc_t, 2, 5, PackedIn> : dense_row<acc_t, 2, 3, PackedIn>)(out, pixels, rows, w, ps);
+    (kernel == 5 ? dense_row<acc_t, 2, 5, PackedIn>
+                 : dense_row<acc_t, 2, 3, PackedIn>)(out, pixels, rows, w, ps);
 }
 
-constexpr int64_t kEdge = 4;   // pixels at each end of a row computed from a packed copy
+constexpr int64_t kEdge = 4;    // pixels at each end of a row computed from a packed copy
 constexpr int64_t kShort = 12;  // rows shorter than this are packed whole
 constexpr int64_t kStripCols = (kShort - 1) * 2 + 5;  // the widest copy: a short row, stride 2
 
@@ -386,7 +405,8 @@ void strip_row(int64_t stride, int kernel, acc_t* out, int64_t p0, int64_t p1,
     }
     packed[kh] = row;
   }
-  dense_row<acc_t, true>(stride, kernel, out + p0 * channels, p1 - p0, packed, w, {kBlock, channels});
+  dense_row<acc_t, true>(stride, kernel, out + p0 * channels, p1 - p0, packed, w,
+                         {kBlock, channels});
 }
 
 // One output row of a convolution with the K x K kernel centred in the 5x5 weight w (K =
@@ -399,7 +419,8 @@ void strip_row(int64_t stride, int kernel, acc_t* out, int64_t p0, int64_t p1,
 template <typename acc_t>
 void direct_row(int64_t stride, int kernel, acc_t* out, int64_t out_cols, const acc_t* const* rows,
                 int64_t in_cols, int64_t channels, const acc_t* w) {
-  if (out_cols < kShort) return strip_row(stride, kernel, out, 0, out_cols, rows, in_cols, channels, w);
+  if (out_cols < kShort)
+    return strip_row(stride, kernel, out, 0, out_cols, rows, in_cols, channels, w);
   strip_row(stride, kernel, out, 0, kEdge, rows, in_cols, channels, w);
   const acc_t* shifted[5];
   for (int kh = 0; kh < 5; ++kh)
@@ -420,7 +441,9 @@ acc_t* thread_scratch(int slot, int64_t n) {
   return b.data();
 }
 
-inline int64_t output_size(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
+inline int64_t output_size(int64_t size, int64_t stride) {
+  return (size - 1) / stride + 1;
+}
 
 // -- channels_last in place -------------------------------------------------------------------
 // A channels_last tensor whose channels fill whole blocks (fp32, fp64) is read and written
@@ -493,7 +516,7 @@ void weight_grad_row(const acc_t* dy, const acc_t* const* x, int64_t Wo, int64_t
                      int64_t C, acc_t* g) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
-  const int64_t lo = (2 + stride - 1) / stride;                       // j * S - 2 >= 0
+  const int64_t lo = (2 + stride - 1) / stride;                        // j * S - 2 >= 0
   const int64_t hi = W < 3 ? -1 : std::min(Wo - 1, (W - 3) / stride);  // j * S + 2 <= W - 1
   for (int kh = 0; kh < 5; ++kh) {
     if (x[kh] == nullptr) continue;
@@ -572,7 +595,8 @@ void input_grad_row(const acc_t* dy, acc_t* dx, int64_t p, int64_t Ho, int64_t W
         zero_pixels(out + e * C, pixels, 2 * C);
         continue;
       }
-      const int64_t lo = std::max<int64_t>(0, -min_col), hi = std::min(pixels - 1, Wo - 1 - max_col);
+      const int64_t lo = std::max<int64_t>(0, -min_col),
+                    hi = std::min(pixels - 1, Wo - 1 - max_col);
       if (hi >= lo) {
         Tap<acc_t> shifted[kTaps];
         for (int k = 0; k < count; ++k)
@@ -580,8 +604,10 @@ void input_grad_row(const acc_t* dy, acc_t* dx, int64_t p, int64_t Ho, int64_t W
         row_sum(out + (2 * lo + e) * C, hi - lo + 1, shifted, count, {C, 2 * C});
       }
       for (int64_t m = 0; m < pixels; ++m) {
-        if (m >= lo && m <= hi) m = hi;
-        else edge_pixel(out + (2 * m + e) * C, m, 1, Wo, taps, count, C);
+        if (m >= lo && m <= hi)
+          m = hi;
+        else
+          edge_pixel(out + (2 * m + e) * C, m, 1, Wo, taps, count, C);
       }
     }
   }
@@ -596,9 +622,11 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
   const std::vector<BlockWeight<acc_t>> weights = block_weights<acc_t>(w_eff, C);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (in_place<scalar_t>(x) && in_place<scalar_t>(y) && !plane_fits<acc_t>(H, W))
-      return forward_in_place(x.data_ptr<acc_t>(), y.data_ptr<acc_t>(), N, C, H, W, stride, weights);
+      return forward_in_place(x.data_ptr<acc_t>(), y.data_ptr<acc_t>(), N, C, H, W, stride,
+                              weights);
   }
-  const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(PlaneBlock<scalar_t>(y, 0, 0, std::min(kBlock, C)), Wo);  // a per-plane output buffer
+  const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(
+      PlaneBlock<scalar_t>(y, 0, 0, std::min(kBlock, C)), Wo);  // a per-plane output buffer
   at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * ld * kBlock);
     acc_t* buf = thread_scratch<acc_t>(1, (plane ? Ho : 1) * Wo * kBlock);
@@ -613,8 +641,10 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
       for (int64_t i = 0; i < Ho; ++i) {
         acc_t* row = out.row(i);
         for (int kh = 0; kh < 5; ++kh) rows[kh] = X + (i * stride + kh) * ld * kBlock;
-        if (bw.kernel > 0) dense_row<acc_t, true>(stride, bw.kernel, row, Wo, rows, bw.w, {kBlock, out.ps()});
-        else zero_pixels(row, Wo, out.ps());  // a skipped layer: y = 0
+        if (bw.kernel > 0)
+          dense_row<acc_t, true>(stride, bw.kernel, row, Wo, rows, bw.w, {kBlock, out.ps()});
+        else
+          zero_pixels(row, Wo, out.ps());  // a skipped layer: y = 0
         out.done(i);
       }
       out.finish();
@@ -626,8 +656,8 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
 // of the effective weight for one packed block. Per kernel row, the 5 taps' accumulators
 // stay in registers over the whole plane; their sums are then added to g in double.
 template <typename acc_t>
-void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy_ld,
-                       int64_t dy_pad, int64_t Ho, int64_t Wo, int64_t stride, double* g) {
+void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy_ld, int64_t dy_pad,
+                       int64_t Ho, int64_t Wo, int64_t stride, double* g) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
   alignas(64) acc_t lanes[kBlock];
@@ -684,8 +714,10 @@ void packed_input_grad_row(const acc_t* DY, int64_t dy_ld, int64_t p, int64_t W,
                        bw.w + t * kBlock};
     }
     const int64_t pixels = (W - e + 1) / 2;
-    if (count == 0) zero_pixels(out + e * out_ps, pixels, 2 * out_ps);
-    else row_sum(out + e * out_ps, pixels, taps, count, {kBlock, 2 * out_ps});
+    if (count == 0)
+      zero_pixels(out + e * out_ps, pixels, 2 * out_ps);
+    else
+      row_sum(out + e * out_ps, pixels, taps, count, {kBlock, 2 * out_ps});
   }
 }
 
@@ -705,7 +737,8 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
   const bool planes = plane_fits<acc_t>(H, W);
   const int64_t units = planes ? N : N * Ho;  // whole samples or output rows
   const int64_t work = units * (planes ? Ho : 1) * Wo * C;
-  const int64_t groups = std::clamp<int64_t>((work + 65535) / 65536, 1, std::min<int64_t>(16, units));
+  const int64_t groups =
+      std::clamp<int64_t>((work + 65535) / 65536, 1, std::min<int64_t>(16, units));
   const int64_t x_ld = W + 2 * kPad, dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
   std::vector<double> partial(groups * blocks * per_block, 0.0);  // [group][block][tap][lane]
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
@@ -718,12 +751,14 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
         for (int64_t n = u0; n < u1; ++n)
           for (int64_t b = 0; b < blocks; ++b) {
             const int64_t c0 = b * kBlock;
-            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(x) + n * H * W * C, c0, W, C), H, W, kPad, x_ld, X);
-            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(dy) + n * Ho * Wo * C, c0, Wo, C), Ho, Wo, dy_pad,
-                 dy_ld, DY);
+            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(x) + n * H * W * C, c0, W, C), H, W, kPad,
+                 x_ld, X);
+            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(dy) + n * Ho * Wo * C, c0, Wo, C), Ho, Wo,
+                 dy_pad, dy_ld, DY);
             weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, part + b * per_block);
             for (int64_t p = 0; p < H; ++p)
-              packed_input_grad_row(DY, dy_ld, p, W, stride, weights[b], dx + ((n * H + p) * W) * C + c0, C);
+              packed_input_grad_row(DY, dy_ld, p, W, stride, weights[b],
+                                    dx + ((n * H + p) * W) * C + c0, C);
           }
         continue;
       }
@@ -750,7 +785,8 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
           for (; p < p_end && (p + 2) / stride <= i; ++p)
             input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
         }
-        for (; p < p_end; ++p) input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
+        for (; p < p_end; ++p)
+          input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
         for (int64_t k = 0; k < blocks * per_block; ++k) part[k] += stage[k];
         r += i1 - i0;
       }
@@ -760,7 +796,8 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
     for (int t = 0; t < kTaps; ++t)
       for (int64_t c = 0; c < kBlock; ++c) {
         double sum = 0;
-        for (int64_t g = 0; g < groups; ++g) sum += partial[(g * blocks + b) * per_block + t * kBlock + c];
+        for (int64_t g = 0; g < groups; ++g)
+          sum += partial[(g * blocks + b) * per_block + t * kBlock + c];
         g_eff[(b * kBlock + c) * kTaps + t] = sum;
       }
 }
@@ -778,10 +815,11 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
   std::fill(g_eff, g_eff + C * kTaps, 0.0);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (in_place<scalar_t>(x) && in_place<scalar_t>(dy) && in_place<scalar_t>(dx))
-      return backward_channels_last(dy.data_ptr<acc_t>(), x.data_ptr<acc_t>(), dx.data_ptr<acc_t>(), N,
-                                    C, H, W, stride, block_weights<acc_t>(w_eff, C), g_eff);
+      return backward_channels_last(dy.data_ptr<acc_t>(), x.data_ptr<acc_t>(), dx.data_ptr<acc_t>(),
+                                    N, C, H, W, stride, block_weights<acc_t>(w_eff, C), g_eff);
   }
-  const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(PlaneBlock<scalar_t>(dx, 0, 0, std::min(kBlock, C)), W);
+  const bool plane = PlaneWriter<scalar_t, acc_t>::wants_plane(
+      PlaneBlock<scalar_t>(dx, 0, 0, std::min(kBlock, C)), W);
   // One task per channel block, looping over the batch in order: deterministic sums.
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);

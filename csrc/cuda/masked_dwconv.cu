@@ -76,7 +76,9 @@ Chunks chunks_for(int64_t pixels, int64_t channel_blocks, const Layout& l) {
   return {(pixels + size - 1) / size, size};
 }
 
-__device__ __forceinline__ int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int64_t min_i64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
 
 template <typename scalar_t, typename acc_t>
 __global__ void superkernel_forward(const scalar_t* __restrict__ x, const acc_t* __restrict__ w_eff,
@@ -116,8 +118,8 @@ __global__ void superkernel_forward(const scalar_t* __restrict__ x, const acc_t*
 template <int S, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void owned_input_gradients(const scalar_t* dyc, scalar_t* dxc,
                                                       const acc_t (&w)[kTaps], int64_t oh,
-                                                      int64_t ow, const Shape& s,
-                                                      const Strides& sd, const Strides& sg) {
+                                                      int64_t ow, const Shape& s, const Strides& sd,
+                                                      const Strides& sg) {
 #pragma unroll
   for (int a = 0; a < S; ++a) {
 #pragma unroll
@@ -147,8 +149,8 @@ template <int S, typename scalar_t, typename acc_t>
 __global__ void superkernel_backward(const scalar_t* __restrict__ x,
                                      const scalar_t* __restrict__ dy,
                                      const acc_t* __restrict__ w_eff, scalar_t* __restrict__ dx,
-                                     acc_t* __restrict__ partial, Shape s, Strides sx,
-                                     Strides sd, Strides sg, int channel_lanes, int64_t chunk) {
+                                     acc_t* __restrict__ partial, Shape s, Strides sx, Strides sd,
+                                     Strides sg, int channel_lanes, int64_t chunk) {
   __shared__ acc_t red[kThreads];
   const int lane_c = threadIdx.x % channel_lanes, lane_p = threadIdx.x / channel_lanes;
   const int pixel_lanes = blockDim.x / channel_lanes;
@@ -201,7 +203,9 @@ __global__ void superkernel_backward(const scalar_t* __restrict__ x,
 
 // --- the (C, 25) part: csrc/superkernel.h's formulas as device tensor ops, in double -------
 
-at::Tensor indicator(const at::Tensor& z) { return at::ge(z, 0).to(at::kDouble); }
+at::Tensor indicator(const at::Tensor& z) {
+  return at::ge(z, 0).to(at::kDouble);
+}
 
 at::Tensor sigmoid_grad(const at::Tensor& z) {
   const at::Tensor sig = at::sigmoid(z);
@@ -216,9 +220,9 @@ at::Tensor norm_direction(const at::Tensor& w, const at::Tensor& norm) {
 struct DeviceSuperkernel {
   int64_t channels;
   bool skippable;
-  at::Tensor t, r;               // thresholds, scale (3,)
-  at::Tensor m3;                 // (25,): 1 on the inner 3x3 taps
-  at::Tensor w, w1, w_eff;       // (C, 25)
+  at::Tensor t, r;                             // thresholds, scale (3,)
+  at::Tensor m3;                               // (25,): 1 on the inner 3x3 taps
+  at::Tensor w, w1, w_eff;                     // (C, 25)
   at::Tensor norm0, norm1, norm2, d0, d1, d2;  // 0-dim
 
   at::Tensor lo(const at::Tensor& a) const { return a.narrow(0, 0, channels / 2); }
@@ -228,8 +232,8 @@ struct DeviceSuperkernel {
     return at::cat({d2.expand({channels / 2}), (d2 * d1).expand({channels / 2})}).unsqueeze(1);
   }
 
-  DeviceSuperkernel(const at::Tensor& weight, const at::Tensor& thresholds,
-                    const at::Tensor& scale, bool can_skip)
+  DeviceSuperkernel(const at::Tensor& weight, const at::Tensor& thresholds, const at::Tensor& scale,
+                    bool can_skip)
       : channels(weight.size(0)), skippable(can_skip) {
     const auto opts = weight.options().dtype(at::kDouble);
     std::vector<double> inner(kTaps);
@@ -284,8 +288,13 @@ at::ScalarType accumulation_type(at::ScalarType t) {
 }
 
 Shape shape_of(const at::Tensor& x, int64_t stride) {
-  return {x.size(0), x.size(1), x.size(2), x.size(3), output_size(x.size(2), stride),
-          output_size(x.size(3), stride), static_cast<int>(stride)};
+  return {x.size(0),
+          x.size(1),
+          x.size(2),
+          x.size(3),
+          output_size(x.size(2), stride),
+          output_size(x.size(3), stride),
+          static_cast<int>(stride)};
 }
 
 // --- the ops --------------------------------------------------------------------------------
@@ -298,7 +307,8 @@ std::tuple<at::Tensor, at::Tensor> masked_dwconv_cuda(const at::Tensor& x, const
   const c10::cuda::CUDAGuard guard(x.device());
   const DeviceSuperkernel sk(weight, thresholds, scale, skippable);
   const Shape s = shape_of(x, stride);
-  at::Tensor y = at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(output_memory_format(x)));
+  at::Tensor y =
+      at::empty({s.N, s.C, s.Ho, s.Wo}, x.options().memory_format(output_memory_format(x)));
   if (y.numel() > 0) {
     const at::Tensor w_eff = sk.w_eff.to(accumulation_type(x.scalar_type())).contiguous();
     const Layout l = layout_for(x);
@@ -306,21 +316,23 @@ std::tuple<at::Tensor, at::Tensor> masked_dwconv_cuda(const at::Tensor& x, const
     const Chunks ch = chunks_for(s.N * s.Ho * s.Wo, channel_blocks, l);
     const dim3 grid(static_cast<unsigned>(channel_blocks), static_cast<unsigned>(ch.count));
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_dwconv_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      superkernel_forward<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), w_eff.const_data_ptr<acc_t>(), y.mutable_data_ptr<scalar_t>(),
-          s, strides_of(x), strides_of(y), l.channel_lanes, ch.size);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "masked_dwconv_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          superkernel_forward<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), w_eff.const_data_ptr<acc_t>(),
+              y.mutable_data_ptr<scalar_t>(), s, strides_of(x), strides_of(y), l.channel_lanes,
+              ch.size);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
   return {y, sk.decisions(thresholds.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& grad_d, const at::Tensor& x,
-    const at::Tensor& weight, const at::Tensor& thresholds, const at::Tensor& scale,
-    int64_t stride, bool skippable) {
+    const at::Tensor& weight, const at::Tensor& thresholds, const at::Tensor& scale, int64_t stride,
+    bool skippable) {
   check_inputs(x, weight, thresholds, scale, stride);
   const Shape s = shape_of(x, stride);
   TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == s.N && grad_y.size(1) == s.C &&
@@ -329,7 +341,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cuda(
               at::IntArrayRef({s.N, s.C, s.Ho, s.Wo}), ", got ", grad_y.sizes());
   TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
               "masked_dwconv_backward: grad_y dtype must match x");
-  TORCH_CHECK(grad_y.device() == x.device(), "masked_dwconv_backward: grad_y must be on x's device");
+  TORCH_CHECK(grad_y.device() == x.device(),
+              "masked_dwconv_backward: grad_y must be on x's device");
   TORCH_CHECK(grad_d.numel() == 3, "masked_dwconv_backward: grad_d must have 3 elements");
   const c10::cuda::CUDAGuard guard(x.device());
   const DeviceSuperkernel sk(weight, thresholds, scale, skippable);
@@ -346,22 +359,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cuda(
     at::Tensor partial = at::empty({ch.count, s.C, kTaps}, x.options().dtype(acc));
     const dim3 grid(static_cast<unsigned>(channel_blocks), static_cast<unsigned>(ch.count));
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "masked_dwconv_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      auto launch = [&](auto kernel) {
-        kernel<<<grid, kThreads, 0, stream>>>(
-            x.const_data_ptr<scalar_t>(), grad_y.const_data_ptr<scalar_t>(),
-            w_eff.const_data_ptr<acc_t>(), dx.mutable_data_ptr<scalar_t>(),
-            partial.mutable_data_ptr<acc_t>(), s, strides_of(x), strides_of(grad_y),
-            strides_of(dx), l.channel_lanes, ch.size);
-      };
-      if (stride == 1) {
-        launch(superkernel_backward<1, scalar_t, acc_t>);
-      } else {
-        launch(superkernel_backward<2, scalar_t, acc_t>);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "masked_dwconv_backward_cuda", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          auto launch = [&](auto kernel) {
+            kernel<<<grid, kThreads, 0, stream>>>(
+                x.const_data_ptr<scalar_t>(), grad_y.const_data_ptr<scalar_t>(),
+                w_eff.const_data_ptr<acc_t>(), dx.mutable_data_ptr<scalar_t>(),
+                partial.mutable_data_ptr<acc_t>(), s, strides_of(x), strides_of(grad_y),
+                strides_of(dx), l.channel_lanes, ch.size);
+          };
+          if (stride == 1) {
+            launch(superkernel_backward<1, scalar_t, acc_t>);
+          } else {
+            launch(superkernel_backward<2, scalar_t, acc_t>);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
     // The epilogue's reduction: a fixed-order sum over the blocks' rows.
     g_eff = partial.sum({0}, /*keepdim=*/false, at::kDouble);
   }

@@ -57,6 +57,14 @@ class SuperDepthwiseConv2d(nn.Module):
         return tuple(int(v != 0) for v in d.tolist())
 
     @torch.no_grad()
+    def margins(self, thresholds: torch.Tensor | None = None) -> torch.Tensor:
+        """(3,) ||.|| - t of the three indicators (no dropout): a decision is on iff >= 0.
+        `thresholds` instead of the layer's own: zeros give the norms with every decision on."""
+        from spnas_ops.reference import indicator_margins
+        t = self.thresholds if thresholds is None else thresholds
+        return indicator_margins(self.weight.float(), t.float())
+
+    @torch.no_grad()
     def place_thresholds(self, margin: float) -> None:
         """Put each threshold `margin` below the norm its indicator compares, all decisions on.
 
@@ -67,11 +75,7 @@ class SuperDepthwiseConv2d(nn.Module):
         the latency and accuracy terms at once. The norms are those of `masked_weight` with all
         decisions on: the outer ring, the e6 half (5x5), the e3 half (5x5).
         """
-        from spnas_ops.reference import inner_mask
-        w = self.weight.float().reshape(self.channels, SUPER_KERNEL, SUPER_KERNEL)
-        half = self.channels // 2
-        norms = torch.stack([torch.linalg.vector_norm(w * (1 - inner_mask(w.device))),
-                             torch.linalg.vector_norm(w[half:]), torch.linalg.vector_norm(w[:half])])
+        norms = self.margins(torch.zeros_like(self.thresholds))
         self.thresholds.copy_(norms - margin)
 
     def extra_repr(self) -> str:

@@ -173,6 +173,18 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(p.grad, g)
 
 
+def test_kernels_run_on_torch_threads():
+    """The kernels' at::parallel_for runs on torch.get_num_threads() threads: a build without
+    torch's threading (e.g. OpenMP flags missing) would silently run them on one."""
+    before = torch.get_num_threads()
+    try:
+        for n in sorted({1, min(2, os.cpu_count() or 1)}):
+            torch.set_num_threads(n)
+            assert torch.ops.spnas.parallel_threads() == n
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("capability", ["default", "avx2"])
 def test_instruction_sets(capability):
     """Every compiled instruction set this processor runs gives the reference result."""
@@ -180,11 +192,11 @@ def test_instruction_sets(capability):
         "import torch, spnas_ops\n"
         "print(torch.ops.spnas.cpu_capability())\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "for cl, s in ((False, 1), (True, 2)):\n"
-        "    x = torch.randn(2, 20, 11, 13, generator=g, dtype=torch.float64)\n"
+        "for cl, s, c, h in ((False, 1, 20, 11), (True, 2, 20, 11), (True, 1, 32, 30)):\n"
+        "    x = torch.randn(2, c, h, h + 2, generator=g, dtype=torch.float64)\n"
         "    x = x.to(memory_format=torch.channels_last) if cl else x\n"
         "    x.requires_grad_()\n"
-        "    w = torch.randn(20, 1, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)\n"
+        "    w = torch.randn(c, 1, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)\n"
         "    t = torch.zeros(3, dtype=torch.float64, requires_grad=True)\n"
         "    out = []\n"
         "    for b in ('reference', 'cpu'):\n"
