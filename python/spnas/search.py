@@ -7,6 +7,11 @@ EMA of the weights for evaluation; for the first `dropout_epochs` epochs lambda 
 indicators are dropped out (keep p, kept ones scaled by 1/p). The architecture is the hard
 decisions at the end.
 
+With `target_ms` (beyond the paper) lambda is no longer a constant but a signed multiplier set
+before every latency-phase step by `LambdaController` (PI control on ln(R / target), R the
+predicted latency of the current hard decisions), and `clamp_thresholds` keeps every decision
+that is off within reach of coming back; see docs/search.md.
+
 Determinism is what makes resuming and multi-process runs agree: every random draw depends only
 on (seed, epoch) or (seed, step), so a resumed run replays exactly the batches and dropout masks
 of an uninterrupted one, and every rank draws the same indicator-dropout masks.
@@ -87,8 +92,12 @@ class SearchConfig:
     ema_decay: float = 0.9999
     lam: float = 0.02
     lambda_scale: float = 1e3
-    target_ms: float | None = None      # adapt lambda to land on this latency
-    lambda_adapt_rate: float = 0.05
+    target_ms: float | None = None      # land on this predicted latency: lambda from LambdaController
+    lambda_gain: float = 0.03           # with target_ms: proportional gain on ln(R / target)
+    lambda_adapt_rate: float = 0.0003   # with target_ms: integral gain per step on ln(R / target)
+    lambda_max: float = 0.05            # with target_ms: |lambda| <= this
+    threshold_reach: float | None = 1.0  # with target_ms: after each step, margins >= -reach
+                                        # (None: thresholds unclamped)
     steps_per_epoch: int | None = None  # cap (None: the whole training split)
     seed: int = 0
     device: str = "auto"
@@ -107,7 +116,14 @@ class SearchConfig:
              f"must be >= 0, got {self.dropout_epochs}")
         need(self.width_mult > 0, "width-mult", f"must be > 0, got {self.width_mult}")
         need(self.lam >= 0, "lambda", f"must be >= 0, got {self.lam}")
-        need(self.target_ms is None or self.target_ms > 0, "target-ms", f"must be > 0, got {self.target_ms}")
+        need(self.target_ms is None or (self.target_ms > 0 and math.isfinite(self.target_ms)),
+             "target-ms", f"must be > 0, got {self.target_ms}")
+        need(self.lambda_gain >= 0, "lambda-gain", f"must be >= 0, got {self.lambda_gain}")
+        need(self.lambda_adapt_rate >= 0, "lambda-adapt-rate", f"must be >= 0, got {self.lambda_adapt_rate}")
+        need(self.lambda_max > 0, "lambda-max", f"must be > 0, got {self.lambda_max}")
+        need(self.threshold_reach is None
+             or (self.threshold_reach >= 0 and math.isfinite(self.threshold_reach)),
+             "threshold-reach", f"must be a number >= 0 or 'off', got {self.threshold_reach}")
         need(self.formula in FORMULAS, "formula", f"must be one of {', '.join(FORMULAS)}")
         need(self.lr_decay_epochs > 0, "lr-decay-epochs", "must be > 0")
         need(self.threshold_lr_mult >= 0, "threshold-lr-mult", "must be >= 0")
@@ -139,6 +155,66 @@ def indicator_scales(num_layers: int, keep: float, seed: int, step: int) -> torc
 def build_supernet(cfg: SearchConfig, num_classes: int) -> SinglePathSuperNet:
     return SinglePathSuperNet(cfg.space, num_classes=num_classes, width_mult=cfg.width_mult,
                               op_backend=cfg.op_backend)
+
+
+@torch.no_grad()
+def margins(net: SinglePathSuperNet) -> torch.Tensor:
+    """(num_layers, 3) margins ||.|| - t of every indicator (`SuperDepthwiseConv2d.margins`)."""
+    return torch.stack([b.superkernel.margins() for b in net.searchable])
+
+
+@torch.no_grad()
+def clamp_thresholds(net: SinglePathSuperNet, reach: float) -> None:
+    """Keep every decision within reach of coming back: margin >= -reach, i.e. t <= compared
+    norm + reach. Only thresholds of decisions that are off, and more than `reach` below, move
+    (down to margin -reach, still off): no decision changes.
+
+    Why (`--target-ms`): a decision's gradient is sigmoid'(margin). Once the latency term pushes
+    a threshold past its norm it keeps going (RMSProp momentum), and turning a kernel off drops
+    the norms the expand and keep indicators compare by the outer ring's share (64 % of the
+    taps), to margins of -5 to -13 (sigmoid' < 1e-2..1e-5): a layer that went off could not come
+    back when the search is under budget. With the clamp it can, at sigmoid'(reach)."""
+    for b, m in zip(net.searchable, margins(net)):
+        t = b.superkernel.thresholds
+        t.sub_(torch.clamp(-reach - m, min=0).to(t.device, t.dtype))
+
+
+class LambdaController:
+    """Lambda for `--target-ms`: a signed Lagrange multiplier under PI control.
+
+    Before every step of the latency phase, with R the predicted latency (ms) of the current
+    hard decisions and e = ln(R / target):
+
+        I      = clip(I + rate * e)           (the integral: dual ascent on ln R <= ln target)
+        lambda = clip(I + gain * e)           clip: to [-lambda_max, lambda_max]
+
+    Lambda is negative while the network is under budget, so the latency term then pulls
+    decisions back ON (the cross-entropy's pull on the thresholds is too weak to). The
+    proportional term damps: it reverses the push as soon as R crosses the target, while
+    RMSProp's momentum still carries the thresholds; the integral removes the steady offset
+    that the cross-entropy's pull would leave. R comes from thresholds and weights that every
+    rank holds identically, so every DDP rank computes the same lambda. I starts at 0."""
+
+    def __init__(self, target_ms: float, gain: float, rate: float, lam_max: float):
+        self.target_ms, self.gain, self.rate, self.lam_max = target_ms, gain, rate, lam_max
+        self.integral = 0.0
+        self.lam = 0.0
+
+    def _clip(self, v: float) -> float:
+        return min(self.lam_max, max(-self.lam_max, v))
+
+    def update(self, latency_ms: float) -> float:
+        """The lambda of the next step, given the latency of the decisions it starts from."""
+        e = math.log(latency_ms / self.target_ms)
+        self.integral = self._clip(self.integral + self.rate * e)
+        self.lam = self._clip(self.integral + self.gain * e)
+        return self.lam
+
+    def state_dict(self) -> dict:
+        return {"integral": self.integral, "lam": self.lam}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.integral, self.lam = float(state["integral"]), float(state["lam"])
 
 
 # -- the driver --------------------------------------------------------------------------------------
@@ -202,9 +278,15 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     opt = RMSpropTF(groups, lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
     ema = EMA(net, cfg.ema_decay)
-    steps_done, lam = 0, cfg.lam
+    steps_done, lam = 0, (0.0 if cfg.target_ms else cfg.lam)
     if ckpt is not None:
         steps_done, lam = restore(ckpt, net, opt, ema, d, run_dir), float(ckpt["lambda"])
+    controller = None
+    if cfg.target_ms:
+        controller = LambdaController(cfg.target_ms, cfg.lambda_gain, cfg.lambda_adapt_rate,
+                                      cfg.lambda_max)
+        if ckpt is not None and "controller" in ckpt:
+            controller.load_state_dict(ckpt["controller"])
     model = data_parallel(net, d)
     eval_net = build_supernet(cfg, len(split.classes)).to(d.device) if d.main else None
 
@@ -212,8 +294,9 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                  f"  supernet: space {space.name}, width x{cfg.width_mult}, op backend "
                  f"{cfg.op_backend}; {d.world} process(es) on {d.device.type}\n"
                  f"  {cfg.epochs} epochs x {steps_per_epoch} steps, global batch {global_batch}, "
-                 f"lr {base_lr:g}; lambda {cfg.lam:g}"
-                 + (f" adapted to a {cfg.target_ms:g} ms target" if cfg.target_ms else "")
+                 f"lr {base_lr:g}; "
+                 + (f"lambda controlled to land on {cfg.target_ms:g} ms" if cfg.target_ms
+                    else f"lambda {cfg.lam:g}")
                  + f" after epoch {cfg.dropout_epochs:g}; runtime model {cfg.runtime_model}"
                  + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
@@ -226,7 +309,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
             atomic_torch_save(os.path.join(run_dir, CHECKPOINT), {
                 "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
                 "lambda": lam, "config": dataclasses.asdict(cfg), "model": net.state_dict(),
-                "optimizer": opt.state_dict(), "ema": ema.state_dict()})
+                "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+                **({"controller": controller.state_dict()} if controller else {})})
         d.barrier()
 
     interrupted = False
@@ -255,20 +339,21 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                 ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
                 expected_ms = net.runtime(runtime, cfg.formula)
+                if searching and controller is not None:
+                    # lambda from the architecture the step starts with (identical on every rank)
+                    lam = controller.update(runtime.predict(net.derive()))
                 lam_now = lam if searching else 0.0
                 loss = ce + wd + lam_now * cfg.lambda_scale * torch.log(expected_ms)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if searching and controller is not None and cfg.threshold_reach is not None:
+                    clamp_thresholds(net, cfg.threshold_reach)
                 ema.update(net)
                 steps_done += 1
 
                 arch = net.derive()
                 hard_ms = runtime.predict(arch)
-                if searching and cfg.target_ms:
-                    # Multiplicative control: lambda grows while over budget, shrinks while under.
-                    lam = min(1e3, max(1e-6, lam * math.exp(cfg.lambda_adapt_rate *
-                                                            (hard_ms - cfg.target_ms) / cfg.target_ms)))
                 if steps_done % cfg.log_every == 0 or steps_done == total_steps:
                     log({"kind": "train", "step": steps_done, "epoch": steps_done / steps_per_epoch,
                          "lr": lr, "lambda": lam_now, "ce": ce.item(), "loss": loss.item(),
@@ -326,4 +411,5 @@ def format_result(arch, model_name: str, predicted: float, path: str | None = No
     return "\n".join(lines)
 
 
-__all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scales", "format_result"]
+__all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scales", "format_result",
+           "LambdaController", "clamp_thresholds", "margins"]

@@ -53,12 +53,18 @@ def test_search_derive_latency_plot_via_cli(tmp_path, capsys):
     assert (run / "progress.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_reaches_the_same_result(tmp_path):
-    full = run_search(tiny_config(tmp_path / "full"))
-    part = run_search(tiny_config(tmp_path / "part", stop_after_step=4))  # mid-epoch, like Ctrl-C
+@pytest.mark.parametrize("target_ms", [None, 60.0])
+def test_resume_reaches_the_same_result(tmp_path, target_ms):
+    # with a target, the controller's state (integral, lambda) must come back from the checkpoint:
+    # the per-step lambdas in the metrics and the final thresholds would differ otherwise
+    full = run_search(tiny_config(tmp_path / "full", target_ms=target_ms))
+    part = run_search(tiny_config(tmp_path / "part", stop_after_step=4, target_ms=target_ms))  # mid-epoch, like Ctrl-C
     assert not part["finished"] and part["step"] == 4
-    assert load_checkpoint(str(tmp_path / "part" / "checkpoint.pt"))["step"] == 4
-    resumed = run_search(tiny_config(tmp_path / "part"), resume=True)
+    ckpt = load_checkpoint(str(tmp_path / "part" / "checkpoint.pt"))
+    assert ckpt["step"] == 4
+    if target_ms:
+        assert ckpt["controller"]["integral"] != 0 and ckpt["controller"]["lam"] == ckpt["lambda"]
+    resumed = run_search(tiny_config(tmp_path / "part", target_ms=target_ms), resume=True)
     assert resumed["finished"]
     assert torch.equal(full["thresholds"], resumed["thresholds"])
     assert torch.equal(full["decisions"], resumed["decisions"])
@@ -98,17 +104,21 @@ from spnas.search import SearchConfig, run_search
 import torch.distributed as dist
 cfg = SearchConfig(run_dir={run!r}, width_mult=0.25, image_size=16, batch_size=8, epochs=2,
                    dropout_epochs=1, steps_per_epoch=2, progress=False, op_backend="reference",
-                   lam=0.5, threshold_lr_mult=50.0)
+                   lam=0.5, threshold_lr_mult=50.0, target_ms={target_ms!r})
 r = run_search(cfg)
 torch.save({{"t": r["thresholds"], "d": r["decisions"]}}, {out!r} + "/rank" + __import__("os").environ["RANK"] + ".pt")
 """
 
 
-def test_ddp_ranks_agree(tmp_path, env):
+@pytest.mark.parametrize("target_ms", [None, 60.0])
+def test_ddp_ranks_agree(tmp_path, env, target_ms):
+    # with a target, every rank computes lambda (and clamps thresholds) from its own copy of the
+    # weights and thresholds: they must stay identical
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(paths=[root, os.path.join(root, "python")],
-                                        run=str(tmp_path / "run"), out=str(tmp_path)))
+                                        run=str(tmp_path / "run"), out=str(tmp_path),
+                                        target_ms=target_ms))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", "29533", str(script)], env=env, capture_output=True,
                           text=True, timeout=300)

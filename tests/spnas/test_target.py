@@ -1,0 +1,108 @@
+"""`--target-ms`: the signed-lambda controller, the threshold reach clamp, and a short search
+that has to land on its budget."""
+
+import json
+import math
+
+import pytest
+import torch
+from spnas import RuntimeModel
+from spnas.search import (
+    LambdaController,
+    SearchConfig,
+    build_supernet,
+    clamp_thresholds,
+    margins,
+    run_search,
+)
+
+
+def test_lambda_is_signed_by_the_budget():
+    over = LambdaController(75.0, gain=0.03, rate=0.0003, lam_max=0.05)
+    under = LambdaController(75.0, gain=0.03, rate=0.0003, lam_max=0.05)
+    assert over.update(100.0) > 0
+    # under budget lambda goes NEGATIVE, so the latency term pulls decisions back on (the old
+    # multiplicative controller kept lambda >= 1e-6: nothing pulled latency back up)
+    lam = under.update(50.0)
+    assert lam < 0
+    assert lam == pytest.approx(0.03 * math.log(50 / 75) + 0.0003 * math.log(50 / 75))
+    # on target only the integral remains; far from it both parts saturate at lambda_max
+    assert under.update(75.0) == pytest.approx(under.integral) and under.integral < 0
+    for _ in range(2000):
+        under.update(30.0)
+    assert under.lam == -0.05 and under.integral == -0.05
+    for _ in range(2000):
+        over.update(131.0)
+    assert over.lam == 0.05
+
+
+def test_controller_state_round_trips():
+    a = LambdaController(60.0, gain=0.03, rate=0.001, lam_max=0.05)
+    for r in (131.0, 90.0, 40.0, 55.0):
+        a.update(r)
+    state = a.state_dict()
+    assert set(state) == {"integral", "lam"} and all(isinstance(v, float) for v in state.values())
+    b = LambdaController(60.0, gain=0.03, rate=0.001, lam_max=0.05)
+    b.load_state_dict(state)
+    assert [a.update(r) for r in (70.0, 58.0, 61.0)] == [b.update(r) for r in (70.0, 58.0, 61.0)]
+
+
+@pytest.mark.parametrize("target,sign", [(200.0, +1), (40.0, -1)])
+def test_latency_gradient_on_thresholds_flips_sign_with_the_budget(target, sign):
+    # every decision on (131 ms): under a 200 ms budget lambda < 0 and the latency term's
+    # gradient on every threshold is >= 0 (gradient descent lowers t: decisions stay or come on);
+    # over a 40 ms budget it is <= 0 (t rises: decisions go off)
+    torch.manual_seed(0)
+    net = build_supernet(SearchConfig(width_mult=0.25, op_backend="reference"), 10)
+    net.place_thresholds(1.0)
+    model = RuntimeModel.preset("pixel1")
+    lam = LambdaController(target, gain=0.03, rate=0.0003, lam_max=0.05).update(
+        model.predict(net.derive()))
+    assert (lam > 0) == (sign < 0)
+    net(torch.randn(2, 3, 16, 16))
+    (lam * 1e3 * torch.log(net.runtime(model))).backward()
+    grads = torch.stack([t.grad for t in net.thresholds()])
+    assert (sign * grads >= 0).all() and (sign * grads > 0).sum() >= 20
+
+
+def test_clamp_keeps_decisions_within_reach_and_changes_none():
+    torch.manual_seed(0)
+    net = build_supernet(SearchConfig(width_mult=0.25, op_backend="reference"), 10)
+    net.place_thresholds(1.0)
+    with torch.no_grad():
+        for i, t in enumerate(net.thresholds()):
+            t[i % 3] += 12.0 if i % 2 else 1.5  # decisions off, far or near
+    before_t = torch.stack([t.detach().clone() for t in net.thresholds()])
+    before_m, before_d = margins(net), net.hard_decisions()
+    assert before_m.min() < -8
+    clamp_thresholds(net, 1.0)
+    after_m = margins(net)
+    assert torch.equal(net.hard_decisions(), before_d)
+    assert after_m.min() >= -1.0 - 1e-4
+    moved = torch.stack([t.detach() for t in net.thresholds()]) != before_t
+    assert torch.equal(moved, before_m < -1.0)  # only the out-of-reach thresholds move
+
+
+def test_short_search_lands_on_its_target(tmp_path):
+    # 144 latency-phase steps of a half-width supernet on digits at 8 px (~30 s on one thread),
+    # starting from the largest network (131.5 ms). The controller must bring the latency down
+    # to the target and hold it there: over the second half of the phase the latency averages
+    # within 10 % of the target, and the search ends within 15 % of it. The old multiplicative
+    # controller (lambda *= exp(0.05 (R - T) / T), lambda >= 1e-6) ends this search at 30.6 ms.
+    # This tiny, barely trained supernet chatters more around its target than the default
+    # search on digits does (docs/search.md: within 1.3 %), hence the tolerances.
+    target = 75.0
+    run = tmp_path / "run"
+    cfg = SearchConfig(run_dir=str(run), image_size=8, width_mult=0.5, batch_size=32, epochs=5,
+                       dropout_epochs=0.5, steps_per_epoch=32, lr=0.004, log_every=1,
+                       progress=False, target_ms=target)
+    result = run_search(cfg)
+    train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train" and r["epoch"] > 0.5]
+    assert len(train) == 144
+    late = [r["latency_ms"] for r in train[len(train) // 2:]]
+    assert abs(sum(late) / len(late) - target) <= 0.10 * target, sum(late) / len(late)
+    assert abs(result["predicted_ms"] - target) <= 0.15 * target, result["predicted_ms"]
+    # under budget the latency term pushed back up: lambda went negative
+    assert any(r["lambda"] < 0 for r in train)
+    assert min(r["latency_ms"] for r in train) < target  # it did undershoot and come back
