@@ -15,10 +15,15 @@ namespace spnas {
 constexpr int kTaps = 25;  // 5x5 superkernel
 
 // M3: the inner 3x3 taps of the 5x5 kernel. M5 = 1 - M3 is the outer ring.
-inline bool is_inner_tap(int tap) {
-  const int kh = tap / 5, kw = tap % 5;
-  return kh >= 1 && kh <= 3 && kw >= 1 && kw <= 3;
+constexpr bool is_inner_tap(int tap) {
+  return tap / 5 >= 1 && tap / 5 <= 3 && tap % 5 >= 1 && tap % 5 <= 3;
 }
+constexpr bool kInner[kTaps] = {
+    is_inner_tap(0),  is_inner_tap(1),  is_inner_tap(2),  is_inner_tap(3),  is_inner_tap(4),
+    is_inner_tap(5),  is_inner_tap(6),  is_inner_tap(7),  is_inner_tap(8),  is_inner_tap(9),
+    is_inner_tap(10), is_inner_tap(11), is_inner_tap(12), is_inner_tap(13), is_inner_tap(14),
+    is_inner_tap(15), is_inner_tap(16), is_inner_tap(17), is_inner_tap(18), is_inner_tap(19),
+    is_inner_tap(20), is_inner_tap(21), is_inner_tap(22), is_inner_tap(23), is_inner_tap(24)};
 
 inline double sigmoid_grad(double z) {
   const double s = 1.0 / (1.0 + std::exp(-z));
@@ -40,7 +45,8 @@ struct Superkernel {
   // Multiplier of w1 in w_eff for channel c: d_keep for lo, d_keep * d_expand for hi.
   double channel_gate(int64_t c) const { return c < channels / 2 ? d[2] : d[2] * d[1]; }
 
-  // The weight must already be in double, (C, 25) row-major.
+  // The weight must already be in double, (C, 25) row-major. Sums run per channel (25 taps)
+  // and then over channels: short dependency chains.
   Superkernel(std::vector<double> weight, int64_t c, const double* thresholds, const double* scale,
               bool can_skip)
       : channels(c), skippable(can_skip), w(std::move(weight)), w1(w.size()), w_eff(w.size()) {
@@ -49,20 +55,33 @@ struct Superkernel {
       r[i] = scale[i];
     }
     double outer = 0;
-    for (int64_t k = 0; k < c * kTaps; ++k)
-      if (!is_inner_tap(k % kTaps)) outer += w[k] * w[k];
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const double* wc = &w[ch * kTaps];
+      double sum = 0;
+      for (int k = 0; k < kTaps; ++k) sum += kInner[k] ? 0.0 : wc[k] * wc[k];
+      outer += sum;
+    }
     norm[0] = std::sqrt(outer);
     d[0] = (norm[0] - t[0] >= 0 ? 1.0 : 0.0) * r[0];
     double hi = 0, lo = 0;
-    for (int64_t k = 0; k < c * kTaps; ++k) {
-      w1[k] = is_inner_tap(k % kTaps) ? w[k] : d[0] * w[k];
-      (k / kTaps < c / 2 ? lo : hi) += w1[k] * w1[k];
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const double* wc = &w[ch * kTaps];
+      double* w1c = &w1[ch * kTaps];
+      double sum = 0;
+      for (int k = 0; k < kTaps; ++k) {
+        w1c[k] = kInner[k] ? wc[k] : d[0] * wc[k];
+        sum += w1c[k] * w1c[k];
+      }
+      (ch < c / 2 ? lo : hi) += sum;
     }
     norm[1] = std::sqrt(hi);
     norm[2] = std::sqrt(lo);
     d[1] = (norm[1] - t[1] >= 0 ? 1.0 : 0.0) * r[1];
     d[2] = skippable ? (norm[2] - t[2] >= 0 ? 1.0 : 0.0) * r[2] : 1.0;
-    for (int64_t k = 0; k < c * kTaps; ++k) w_eff[k] = channel_gate(k / kTaps) * w1[k];
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const double gate = channel_gate(ch);
+      for (int k = 0; k < kTaps; ++k) w_eff[ch * kTaps + k] = gate * w1[ch * kTaps + k];
+    }
   }
 
   // Epilogue: from g_eff = dL/dw_eff (C, 25) and g_d = dL/dd (3), the gradients of the
@@ -70,46 +89,48 @@ struct Superkernel {
   // norm's gradient is w/||w||, 0 at 0.
   void backward(const std::vector<double>& g_eff, const double* g_d, std::vector<double>& g_w,
                 double* g_t) const {
-    const int64_t n = channels * kTaps;
-    const int64_t half = (channels / 2) * kTaps;
-    double sum_lo = 0, sum_hi = 0;
-    for (int64_t k = 0; k < n; ++k) (k < half ? sum_lo : sum_hi) += g_eff[k] * w1[k];
-
-    std::vector<double> g_w1(n);
-    for (int64_t k = 0; k < n; ++k) g_w1[k] = g_eff[k] * channel_gate(k / kTaps);
-
-    // d_keep = Ind(||w1[lo]|| - t_keep) * r_keep (a constant 1 when not skippable)
+    const int64_t half = channels / 2;
+    double sum_lo = 0, sum_hi = 0;  // dL/dw_eff . w1 over the lo and hi channels
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      double sum = 0;
+      for (int k = 0; k < kTaps; ++k) sum += g_eff[ch * kTaps + k] * w1[ch * kTaps + k];
+      (ch < half ? sum_lo : sum_hi) += sum;
+    }
+    // d_keep = Ind(||w1[lo]|| - t_keep) * r_keep (a constant 1 when not skippable);
+    // d_expand = Ind(||w1[hi]|| - t_expand) * r_expand. Their straight-through gradients
+    // reach w1 through the norms: g_z * w1 / ||.||.
+    double g_z_keep = 0;
     g_t[2] = 0;
     if (skippable) {
-      const double g_keep = g_d[2] + sum_lo + d[1] * sum_hi;
-      const double g_z = g_keep * r[2] * sigmoid_grad(norm[2] - t[2]);
-      g_t[2] = -g_z;
-      if (norm[2] > 0)
-        for (int64_t k = 0; k < half; ++k) g_w1[k] += g_z * w1[k] / norm[2];
+      g_z_keep = (g_d[2] + sum_lo + d[1] * sum_hi) * r[2] * sigmoid_grad(norm[2] - t[2]);
+      g_t[2] = -g_z_keep;
     }
-    // d_expand = Ind(||w1[hi]|| - t_expand) * r_expand
-    {
-      const double g_expand = g_d[1] + d[2] * sum_hi;
-      const double g_z = g_expand * r[1] * sigmoid_grad(norm[1] - t[1]);
-      g_t[1] = -g_z;
-      if (norm[1] > 0)
-        for (int64_t k = half; k < n; ++k) g_w1[k] += g_z * w1[k] / norm[1];
-    }
-    // w1 = w*M3 + d_kernel * w*M5;  d_kernel = Ind(||w*M5|| - t_kernel) * r_kernel
+    const double g_z_expand = (g_d[1] + d[2] * sum_hi) * r[1] * sigmoid_grad(norm[1] - t[1]);
+    g_t[1] = -g_z_expand;
+    const double to_lo = norm[2] > 0 ? g_z_keep / norm[2] : 0.0;
+    const double to_hi = norm[1] > 0 ? g_z_expand / norm[1] : 0.0;
+    // g_w holds dL/dw1 first: w1 = w*M3 + d_kernel * w*M5, d_kernel = Ind(||w*M5|| - t_kernel)
+    // * r_kernel, whose gradient needs dL/dw1 . w over the outer ring.
+    g_w.assign(g_eff.size(), 0.0);
     double g_kernel = g_d[0];
-    for (int64_t k = 0; k < n; ++k)
-      if (!is_inner_tap(k % kTaps)) g_kernel += g_w1[k] * w[k];
+    for (int64_t ch = 0; ch < channels; ++ch) {
+      const double gate = channel_gate(ch), to_norm = ch < half ? to_lo : to_hi;
+      double sum = 0;
+      for (int k = 0; k < kTaps; ++k) {
+        const int64_t i = ch * kTaps + k;
+        g_w[i] = g_eff[i] * gate + to_norm * w1[i];
+        sum += kInner[k] ? 0.0 : g_w[i] * w[i];
+      }
+      g_kernel += sum;
+    }
     const double g_z = g_kernel * r[0] * sigmoid_grad(norm[0] - t[0]);
     g_t[0] = -g_z;
-    g_w.assign(n, 0.0);
-    for (int64_t k = 0; k < n; ++k) {
-      if (is_inner_tap(k % kTaps)) {
-        g_w[k] = g_w1[k];
-      } else {
-        g_w[k] = g_w1[k] * d[0];
-        if (norm[0] > 0) g_w[k] += g_z * w[k] / norm[0];
+    const double to_outer = norm[0] > 0 ? g_z / norm[0] : 0.0;
+    for (int64_t ch = 0; ch < channels; ++ch)
+      for (int k = 0; k < kTaps; ++k) {
+        const int64_t i = ch * kTaps + k;
+        if (!kInner[k]) g_w[i] = g_w[i] * d[0] + to_outer * w[i];
       }
-    }
   }
 };
 

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <array>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -740,11 +741,13 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
   const int64_t groups =
       std::clamp<int64_t>((work + 65535) / 65536, 1, std::min<int64_t>(16, units));
   const int64_t x_ld = W + 2 * kPad, dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
-  std::vector<double> partial(groups * blocks * per_block, 0.0);  // [group][block][tap][lane]
+  // [group][block][tap][lane], each group's part zeroed and filled by the thread that runs it
+  const std::unique_ptr<double[]> partial(new double[groups * blocks * per_block]);
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t u0 = g * units / groups, u1 = (g + 1) * units / groups;
-      double* part = partial.data() + g * blocks * per_block;
+      double* part = partial.get() + g * blocks * per_block;
+      std::fill_n(part, blocks * per_block, 0.0);
       if (planes) {
         acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);
         acc_t* DY = thread_scratch<acc_t>(1, (Ho + 2 * dy_pad) * dy_ld * kBlock);
@@ -792,14 +795,16 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
       }
     }
   });
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int t = 0; t < kTaps; ++t)
-      for (int64_t c = 0; c < kBlock; ++c) {
-        double sum = 0;
-        for (int64_t g = 0; g < groups; ++g)
-          sum += partial[(g * blocks + b) * per_block + t * kBlock + c];
-        g_eff[(b * kBlock + c) * kTaps + t] = sum;
-      }
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {  // groups added in order
+    for (int64_t b = begin; b < end; ++b)
+      for (int t = 0; t < kTaps; ++t)
+        for (int64_t c = 0; c < kBlock; ++c) {
+          double sum = 0;
+          for (int64_t g = 0; g < groups; ++g)
+            sum += partial[(g * blocks + b) * per_block + t * kBlock + c];
+          g_eff[(b * kBlock + c) * kTaps + t] = sum;
+        }
+  });
 }
 
 template <typename scalar_t>
