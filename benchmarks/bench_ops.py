@@ -14,8 +14,8 @@ from spnas.bench import CONTENDERS, STAGE_SHAPES, default_backend, make_inputs, 
 @pytest.mark.parametrize("contender", CONTENDERS)
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])
 def test_masked_dwconv(benchmark, shape, channels_last, contender, backward):
-    x, weight, thresholds, stride = make_inputs(shape, channels_last)
+    x, weight, thresholds, stride, grad_y = make_inputs(shape, channels_last)
     benchmark.group = f"{'fwd+bwd' if backward else 'fwd'} {shape} " \
                       f"{'channels_last' if channels_last else 'nchw'}"
     benchmark.pedantic(step, args=(contender, x, weight, thresholds, stride, backward,
-                                   default_backend()), rounds=5, warmup_rounds=1)
+                                   default_backend(), grad_y), rounds=5, warmup_rounds=1)

@@ -32,18 +32,22 @@ CONTENDERS = ("ours", "reference", "conv2d")
 
 
 def make_inputs(shape, channels_last, dtype=torch.float32, seed=0):
+    """x, weight, thresholds, stride and the upstream gradient of y (made once per shape, as
+    it comes from the rest of a network: its allocation is not the op's cost)."""
     n, c, h, stride = shape
     g = torch.Generator().manual_seed(seed)
-    # Drawn in place, in its final layout: no input-sized temporary raises the memory peak.
-    x = torch.empty(n, c, h, h, dtype=dtype,
-                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    x.normal_(generator=g)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    # Drawn in place, in their final layout: no input-sized temporary raises the memory peak.
+    x = torch.empty(n, c, h, h, dtype=dtype, memory_format=layout).normal_(generator=g)
+    ho = (h - 1) // stride + 1
+    grad_y = torch.empty(n, c, ho, ho, dtype=dtype, memory_format=layout).normal_(generator=g)
     weight = torch.randn(c, 1, 5, 5, generator=g, dtype=dtype) * 0.1
-    return x, weight, torch.zeros(3, dtype=dtype), stride
+    return x, weight, torch.zeros(3, dtype=dtype), stride, grad_y
 
 
-def step(contender, x, weight, thresholds, stride, backward, backend):
-    """One forward (and backward) of a contender; returns nothing, it is timed."""
+def step(contender, x, weight, thresholds, stride, backward, backend, grad_y):
+    """One forward (and backward, with upstream gradient grad_y) of a contender; returns
+    nothing, it is timed."""
     with torch.set_grad_enabled(backward):
         xg = x.requires_grad_(backward)
         wg = weight.requires_grad_(backward)
@@ -55,19 +59,19 @@ def step(contender, x, weight, thresholds, stride, backward, backend):
                 xg, wg, tg, stride=stride,
                 backend=backend if contender == "ours" else "reference")
         if backward:
-            y.backward(torch.ones_like(y))
+            y.backward(grad_y)
             for t in (xg, wg, tg):
                 t.grad = None
 
 
 def time_shape(shape, channels_last, backend, repeats, warmup=1):
     """Median seconds per contender and pass, measured round-robin."""
-    x, weight, thresholds, stride = make_inputs(shape, channels_last)
+    x, weight, thresholds, stride, grad_y = make_inputs(shape, channels_last)
     times = {(c, b): [] for c in CONTENDERS for b in (False, True)}
     for r in range(warmup + repeats):
         for (contender, backward), samples in times.items():
             start = time.perf_counter()
-            step(contender, x, weight, thresholds, stride, backward, backend)
+            step(contender, x, weight, thresholds, stride, backward, backend, grad_y)
             elapsed = time.perf_counter() - start
             if r >= warmup:
                 samples.append(elapsed)
@@ -79,10 +83,10 @@ def peak_memory_mib(shape, channels_last, contender, backend):
     was held before (from the profiler's allocation events). Thread-local scratch of the
     compiled kernels (O(threads x channel block x plane), never activation-sized) is not
     counted."""
-    x, weight, thresholds, stride = make_inputs(shape, channels_last)
+    x, weight, thresholds, stride, grad_y = make_inputs(shape, channels_last)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                 profile_memory=True) as prof:
-        step(contender, x, weight, thresholds, stride, True, backend)
+        step(contender, x, weight, thresholds, stride, True, backend, grad_y)
     # Each event's own net allocation, in time order ("[memory]" events are allocations
     # outside any op): the running sum is what torch holds.
     held = peak = 0
