@@ -447,12 +447,13 @@ inline int64_t output_size(int64_t size, int64_t stride) {
 }
 
 // -- channels_last in place -------------------------------------------------------------------
-// A channels_last tensor whose channels fill whole blocks (fp32, fp64) is read and written
-// where it lies: a pixel's kBlock channels are whole vectors at pixel stride C, rows are
-// contiguous, and a task that sweeps rows over every channel block reads memory in order (a
-// per-block packed copy would read it 64 bytes at a time, C values apart, and write it out
-// the same way). Rows outside the image are skipped and the few pixels whose taps cross the
-// left or right edge are summed tap by tap (direct_row, edge_pixel).
+// A channels_last tensor whose channels fill whole blocks (fp32, fp64) is written where it
+// lies, and, when its planes are large (!plane_fits), read where it lies too: a pixel's kBlock
+// channels are whole vectors at pixel stride C, rows are contiguous, and a task that sweeps
+// rows over every channel block reads memory in order (a per-block packed copy of a large
+// plane would read it 64 bytes at a time, C values apart). Rows outside the image are skipped;
+// the few pixels whose taps cross the left or right edge go through a small zero-padded copy
+// (strip_row) or are summed tap by tap (edge_pixel).
 
 template <typename scalar_t>
 bool in_place(const at::Tensor& t) {
