@@ -511,6 +511,27 @@ void forward_in_place(const acc_t* x, acc_t* y, int64_t N, int64_t C, int64_t H,
   });
 }
 
+// a[kw] += sum_{j < count} dy[j] * x[j * stride + kw], kBlock lanes per pixel as V vectors, for
+// the 5 taps of one kernel row; pixels are kBlock values apart when Packed, ps apart otherwise.
+// The 5 x V accumulators stay in registers.
+template <bool Packed, typename acc_t, int64_t V>
+void weight_grad_span(Vectorized<acc_t> (&a)[5][V], const acc_t* dy, const acc_t* x, int64_t count,
+                      int64_t stride, int64_t ps) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  const int64_t p = Packed ? kBlock : ps;
+  for (int64_t j = 0; j < count; ++j) {
+    const acc_t* xj = x + j * stride * p;
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < V; ++v) {
+      const Vec d = Vec::loadu(dy + j * p + v * L);
+#pragma GCC unroll 5
+      for (int kw = 0; kw < 5; ++kw)
+        a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * p + v * L), a[kw][v]);
+    }
+  }
+}
+
 // g[(kh * 5 + kw) * kBlock + c] += sum_j dy[j][c] * x_kh[j * stride + kw - 2][c] over one
 // output row, for the rows x_kh that kernel row kh reads (nullptr outside the image).
 template <typename acc_t>
@@ -525,16 +546,9 @@ void weight_grad_row(const acc_t* dy, const acc_t* const* x, int64_t Wo, int64_t
     Vec a[5][V];
     for (int kw = 0; kw < 5; ++kw)
       for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
-    for (int64_t j = lo; j <= hi; ++j) {
-      const acc_t* xj = x[kh] + (j * stride - 2) * C;
-#pragma GCC unroll 4
-      for (int64_t v = 0; v < V; ++v) {
-        const Vec d = Vec::loadu(dy + j * C + v * L);
-#pragma GCC unroll 5
-        for (int kw = 0; kw < 5; ++kw)
-          a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * C + v * L), a[kw][v]);
-      }
-    }
+    if (hi >= lo)
+      weight_grad_span<false>(a, dy + lo * C, x[kh] + (lo * stride - 2) * C, hi - lo + 1, stride,
+                              C);
     for (int64_t j = 0; j < Wo; ++j) {  // the edge pixels
       if (j >= lo && j <= hi) {
         j = hi;
@@ -669,17 +683,7 @@ void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy
       for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
     for (int64_t i = 0; i < Ho; ++i) {
       const acc_t* dy = DY + ((i + dy_pad) * dy_ld + dy_pad) * kBlock;
-      const acc_t* x = X + (i * stride + kh) * x_ld * kBlock;
-      for (int64_t j = 0; j < Wo; ++j) {
-        const acc_t* xj = x + j * stride * kBlock;
-#pragma GCC unroll 4
-        for (int64_t v = 0; v < V; ++v) {
-          const Vec d = Vec::loadu(dy + j * kBlock + v * L);
-#pragma GCC unroll 5
-          for (int kw = 0; kw < 5; ++kw)
-            a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * kBlock + v * L), a[kw][v]);
-        }
-      }
+      weight_grad_span<true>(a, dy, X + (i * stride + kh) * x_ld * kBlock, Wo, stride, kBlock);
     }
     for (int kw = 0; kw < 5; ++kw) {
       for (int64_t v = 0; v < V; ++v) a[kw][v].store(lanes + v * L);
