@@ -1,5 +1,5 @@
 """pytest-benchmark microbenchmarks of the superkernel op (run: pytest benchmarks/bench_ops.py
---benchmark-enable). Forward and forward+backward, fp32, NCHW and channels_last, on the five
+--benchmark-only; the project's pytest options skip benchmarks otherwise). Forward and forward+backward, fp32, NCHW and channels_last, on the five
 supernet stage shapes at batch 32: the fused op, the reference oracle and plain depthwise
 F.conv2d with a fixed 5x5 weight. For the ratio table use benchmarks/op_table.py, which
 interleaves the contenders in one run."""
