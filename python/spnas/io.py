@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or Ctrl-C leaves either the old file or the new one, never half."""
+"""JSON reads with a clear error, and atomic file writes: a crash or Ctrl-C leaves either the old
+file or the new one, never half."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ import json
 import os
 import tempfile
 from typing import Callable
+
+
+def read_json(path: str, what: str):
+    """The JSON object in `path`; a SpnasError naming `what` and the file if it cannot be read
+    ("cannot read <what> <path>: ...") or is not JSON ("<what> <path> is not valid JSON: ...")."""
+    from .errors import SpnasError
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as err:
+        raise SpnasError(f"cannot read {what} {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise SpnasError(f"{what} {path} is not valid JSON: {err}") from None
 
 
 def atomic_write(path: str, write: Callable[[object], None], binary: bool = False) -> None:

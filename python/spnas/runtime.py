@@ -165,14 +165,8 @@ class RuntimeModel:
 
     @staticmethod
     def load(path: str) -> "RuntimeModel":
-        try:
-            with open(path) as f:
-                obj = json.load(f)
-        except OSError as err:
-            raise SpnasError(f"cannot read runtime model {path}: {err.strerror}") from None
-        except ValueError as err:
-            raise SpnasError(f"runtime model {path} is not valid JSON: {err}") from None
-        return RuntimeModel.from_json(obj, where=path)
+        from .io import read_json
+        return RuntimeModel.from_json(read_json(path, "runtime model"), where=path)
 
     def save(self, path: str) -> None:
         """Atomic: a temp file beside `path`, then a rename over it."""

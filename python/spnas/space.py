@@ -15,7 +15,6 @@ Every searchable layer chooses one of `OPS`. The superkernel encodes exactly the
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -156,12 +155,8 @@ class SearchSpace:
 
     @staticmethod
     def load(path: str) -> "SearchSpace":
-        try:
-            with open(path) as f:
-                obj = json.load(f)
-        except (OSError, ValueError) as err:
-            raise SpnasError(f"cannot read search space {path}: {err}") from None
-        return SearchSpace.from_json(obj, where=path)
+        from .io import read_json
+        return SearchSpace.from_json(read_json(path, "search space"), where=path)
 
 
 # The paper's space (SPEC section 2): MnasNet's skeleton with 5 searchable stages of 4 layers.
@@ -361,12 +356,8 @@ class Architecture:
 
     @staticmethod
     def load(path: str) -> "Architecture":
-        try:
-            with open(path) as f:
-                obj = json.load(f)
-        except (OSError, ValueError) as err:
-            raise SpnasError(f"cannot read architecture {path}: {err}") from None
-        return Architecture.from_json(obj, where=path)
+        from .io import read_json
+        return Architecture.from_json(read_json(path, "architecture"), where=path)
 
     # -- the child network ----------------------------------------------------------------------
     def build(self, num_classes: int = 1000, width_mult: float = 1.0, drop_rate: float = 0.0):
