@@ -130,7 +130,7 @@ def _profile(args: argparse.Namespace) -> int:
     from .profile import profile
 
     benchmark = _make_benchmark(args)
-    model = profile(
+    profile(
         space=args.space,
         benchmark=benchmark,
         out=args.out,
@@ -143,7 +143,6 @@ def _profile(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(f"wrote {args.out}")
-    del model
     return 0
 
 

@@ -89,19 +89,19 @@ def export(
     return exporters[format](model, input_shape, path, rtol=rtol, seed=seed)
 
 
-def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+def _probe(model: nn.Module, input_shape: Sequence[int], seed: int):
+    """(model in eval mode, a random input of `input_shape` drawn from `seed`, the model's
+    output on it): what every exporter checks its file against."""
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4 or min(shape) < 1:
         raise SpnasError(f"input_shape must be (N, C, H, W) with positive sizes, got {list(input_shape)}")
-    return shape
-
-
-def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model = model.eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        y = model.eval()(x)
+        y = model(x)
     if not isinstance(y, torch.Tensor):
         raise ExportError("the model must return a single tensor")
-    return y
+    return model, x, y
 
 
 def _compare(got: np.ndarray, want: torch.Tensor, rtol: float, what: str) -> tuple[float, float]:
@@ -180,10 +180,7 @@ def export_tflite(
     """float32 .tflite with NHWC input; fails if the graph times a TRANSPOSE or is wrong."""
     from .litert import run_tflite
 
-    shape = _check_shape(input_shape)
-    model = model.eval()
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    reference = _reference(model, x)
+    model, x, reference = _probe(model, input_shape, seed)
     litert_torch = _litert_torch()
     channel_last_outputs = [0] if reference.dim() == 4 else None
     wrapped = litert_torch.to_channel_last_io(model, args=[0], outputs=channel_last_outputs).eval()
@@ -223,10 +220,8 @@ def export_onnx(
     seed: int = 0,
 ) -> ExportResult:
     """.onnx with NCHW input named "input"; checked with onnx.checker and onnxruntime if present."""
-    shape = _check_shape(input_shape)
-    model = model.eval()
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    reference = _reference(model, x)
+    model, x, reference = _probe(model, input_shape, seed)
+    shape = tuple(x.shape)
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's backend)
 
@@ -273,10 +268,8 @@ def export_torchscript(
     seed: int = 0,
 ) -> ExportResult:
     """Traced TorchScript (.pt) with NCHW input, reloaded with torch.jit.load and compared."""
-    shape = _check_shape(input_shape)
-    model = model.eval()
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    reference = _reference(model, x)
+    model, x, reference = _probe(model, input_shape, seed)
+    shape = tuple(x.shape)
     # TorchScript is deprecated upstream but still what many deployment stacks load; the
     # deprecation warnings would only repeat that on every export.
     with warnings.catch_warnings():
