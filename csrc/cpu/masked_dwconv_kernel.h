@@ -31,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../masked_dwconv.h"
 #include "../superkernel.h"
 
 namespace spnas::cpu {
@@ -440,10 +441,6 @@ acc_t* thread_scratch(int slot, int64_t n) {
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   std::fill_n(b.data(), n, acc_t(0));
   return b.data();
-}
-
-inline int64_t output_size(int64_t size, int64_t stride) {
-  return (size - 1) / stride + 1;
 }
 
 // -- channels_last in place -------------------------------------------------------------------
