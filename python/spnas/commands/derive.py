@@ -6,7 +6,14 @@ import os
 
 from ..errors import SpnasError
 from ..runtime import RuntimeModel
-from ..search import ARCH, CHECKPOINT, SearchConfig, build_supernet, format_result, load_checkpoint
+from ..search import (
+    ARCH,
+    CHECKPOINT,
+    SearchConfig,
+    build_supernet,
+    format_result,
+    load_checkpoint,
+)
 
 
 def derive_run(run_dir: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..search import SearchConfig, run_search
+from . import add_run_arguments, config_from_args
 
 _D = SearchConfig()
 
@@ -77,13 +78,7 @@ FLAGS = (
 
 def _run(args: argparse.Namespace) -> int:
     cfg = SearchConfig()
-    for _, field, _, _ in FLAGS:
-        value = getattr(args, field)
-        if value is not None:
-            setattr(cfg, field, None if value == "off" else value)
-    cfg.run_dir = args.resume or args.run_dir
-    cfg.progress = not args.no_progress
-    cfg.stop_after_step = args.stop_after_step
+    config_from_args(cfg, args, FLAGS)
     result = run_search(cfg, resume=args.resume is not None)
     return 0 if result["finished"] else 130
 
@@ -102,11 +97,7 @@ def register(subparsers) -> None:
         kwargs = {"choices": ("lut", "paper")} if field == "formula" else {}
         p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
                        help=text if "default:" in text else f"{text} (default: {default})", **kwargs)
-    p.add_argument("--run-dir", help="output folder (default: runs/search, or the first free runs/search-N)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the search in RUN_DIR from its checkpoint (its recipe is kept)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--stop-after-step", type=int, help=argparse.SUPPRESS)
+    add_run_arguments(p, "search", "runs/search")
     p.set_defaults(func=_run)
 
 

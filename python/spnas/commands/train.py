@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..train import AUGMENTS, DEFAULTS, TrainConfig, run_train
+from . import add_run_arguments, config_from_args
 from .search import FLAGS as SEARCH_FLAGS
 
 _D = TrainConfig()
@@ -36,13 +37,7 @@ def _default(field: str) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig()
-    for _, field, _, _ in FLAGS:
-        value = getattr(args, field)
-        if value is not None:
-            setattr(cfg, field, value)
-    cfg.run_dir = args.resume or args.run_dir
-    cfg.progress = not args.no_progress
-    cfg.stop_after_step = args.stop_after_step
+    config_from_args(cfg, args, FLAGS)
     result = run_train(args.arch, cfg, resume=args.resume is not None)
     return 0 if result["finished"] else 130
 
@@ -63,9 +58,5 @@ def register(subparsers) -> None:
         kwargs = {"choices": AUGMENTS} if field == "augment" else {}
         p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
                        help=f"{text} (default: {_default(field)})", **kwargs)
-    p.add_argument("--run-dir", help="output folder (default: runs/train, or the first free runs/train-N)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the training in RUN_DIR from its checkpoint (its recipe is kept)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--stop-after-step", type=int, help=argparse.SUPPRESS)
+    add_run_arguments(p, "training", "runs/train")
     p.set_defaults(func=_run)
