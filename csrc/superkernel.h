@@ -25,6 +25,17 @@ constexpr bool kInner[kTaps] = {
     is_inner_tap(15), is_inner_tap(16), is_inner_tap(17), is_inner_tap(18), is_inner_tap(19),
     is_inner_tap(20), is_inner_tap(21), is_inner_tap(22), is_inner_tap(23), is_inner_tap(24)};
 
+// sum_{k < 25} f(k) in a fixed order, as five interleaved partial sums (one per kernel
+// column): five independent dependency chains instead of one 25 adds deep. These per-channel
+// sums are the serial O(C * 25) part of every call.
+template <typename F>
+inline double tap_sum(F f) {
+  double a[5] = {0, 0, 0, 0, 0};
+  for (int row = 0; row < kTaps; row += 5)
+    for (int col = 0; col < 5; ++col) a[col] += f(row + col);
+  return ((a[0] + a[1]) + (a[2] + a[3])) + a[4];
+}
+
 inline double sigmoid_grad(double z) {
   const double s = 1.0 / (1.0 + std::exp(-z));
   return s * (1.0 - s);
@@ -57,9 +68,7 @@ struct Superkernel {
     double outer = 0;
     for (int64_t ch = 0; ch < c; ++ch) {
       const double* wc = &w[ch * kTaps];
-      double sum = 0;
-      for (int k = 0; k < kTaps; ++k) sum += kInner[k] ? 0.0 : wc[k] * wc[k];
-      outer += sum;
+      outer += tap_sum([&](int k) { return kInner[k] ? 0.0 : wc[k] * wc[k]; });
     }
     norm[0] = std::sqrt(outer);
     d[0] = (norm[0] - t[0] >= 0 ? 1.0 : 0.0) * r[0];
@@ -67,12 +76,8 @@ struct Superkernel {
     for (int64_t ch = 0; ch < c; ++ch) {
       const double* wc = &w[ch * kTaps];
       double* w1c = &w1[ch * kTaps];
-      double sum = 0;
-      for (int k = 0; k < kTaps; ++k) {
-        w1c[k] = kInner[k] ? wc[k] : d[0] * wc[k];
-        sum += w1c[k] * w1c[k];
-      }
-      (ch < c / 2 ? lo : hi) += sum;
+      for (int k = 0; k < kTaps; ++k) w1c[k] = kInner[k] ? wc[k] : d[0] * wc[k];
+      (ch < c / 2 ? lo : hi) += tap_sum([&](int k) { return w1c[k] * w1c[k]; });
     }
     norm[1] = std::sqrt(hi);
     norm[2] = std::sqrt(lo);
@@ -92,9 +97,8 @@ struct Superkernel {
     const int64_t half = channels / 2;
     double sum_lo = 0, sum_hi = 0;  // dL/dw_eff . w1 over the lo and hi channels
     for (int64_t ch = 0; ch < channels; ++ch) {
-      double sum = 0;
-      for (int k = 0; k < kTaps; ++k) sum += g_eff[ch * kTaps + k] * w1[ch * kTaps + k];
-      (ch < half ? sum_lo : sum_hi) += sum;
+      const double *g = &g_eff[ch * kTaps], *w1c = &w1[ch * kTaps];
+      (ch < half ? sum_lo : sum_hi) += tap_sum([&](int k) { return g[k] * w1c[k]; });
     }
     // d_keep = Ind(||w1[lo]|| - t_keep) * r_keep (a constant 1 when not skippable);
     // d_expand = Ind(||w1[hi]|| - t_expand) * r_expand. Their straight-through gradients
@@ -111,17 +115,13 @@ struct Superkernel {
     const double to_hi = norm[1] > 0 ? g_z_expand / norm[1] : 0.0;
     // g_w holds dL/dw1 first: w1 = w*M3 + d_kernel * w*M5, d_kernel = Ind(||w*M5|| - t_kernel)
     // * r_kernel, whose gradient needs dL/dw1 . w over the outer ring.
-    g_w.assign(g_eff.size(), 0.0);
+    g_w.resize(g_eff.size());
     double g_kernel = g_d[0];
     for (int64_t ch = 0; ch < channels; ++ch) {
       const double gate = channel_gate(ch), to_norm = ch < half ? to_lo : to_hi;
-      double sum = 0;
-      for (int k = 0; k < kTaps; ++k) {
-        const int64_t i = ch * kTaps + k;
-        g_w[i] = g_eff[i] * gate + to_norm * w1[i];
-        sum += kInner[k] ? 0.0 : g_w[i] * w[i];
-      }
-      g_kernel += sum;
+      const int64_t c0 = ch * kTaps;
+      for (int k = 0; k < kTaps; ++k) g_w[c0 + k] = g_eff[c0 + k] * gate + to_norm * w1[c0 + k];
+      g_kernel += tap_sum([&](int k) { return kInner[k] ? 0.0 : g_w[c0 + k] * w[c0 + k]; });
     }
     const double g_z = g_kernel * r[0] * sigmoid_grad(norm[0] - t[0]);
     g_t[0] = -g_z;

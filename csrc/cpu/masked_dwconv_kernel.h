@@ -114,8 +114,15 @@ void pack(const PlaneBlock<scalar_t>& src, int64_t H, int64_t W, int64_t pad, in
       // task packing the blocks of a sample in turn reads next, are fetched on the way.
       for (int64_t w = 0; w < W; ++w) {
         __builtin_prefetch(s + w * src.sw + kBlock);
-        for (int64_t c = 0; c < kBlock; ++c)
-          row[w * kBlock + c] = static_cast<acc_t>(s[w * src.sw + c]);
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {  // whole vectors (gcc leaves it scalar)
+          using Vec = Vectorized<acc_t>;
+#pragma GCC unroll 4
+          for (int64_t v = 0; v < kBlock; v += Vec::size())
+            Vec::loadu(s + w * src.sw + v).store(row + w * kBlock + v);
+        } else {
+          for (int64_t c = 0; c < kBlock; ++c)
+            row[w * kBlock + c] = static_cast<acc_t>(s[w * src.sw + c]);
+        }
       }
     } else if (transposable<scalar_t, acc_t>(src)) {
       // NCHW fp32: 16 channels x 16 pixels at a time through vector registers.
@@ -667,13 +674,12 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
 
 // g[t * kBlock + c] += sum_{i,j} dy[i][j][c] * X[i*stride + kh][j*stride + kw][c]: the gradient
 // of the effective weight for one packed block. Per kernel row, the 5 taps' accumulators
-// stay in registers over the whole plane; their sums are then added to g in double.
+// stay in registers over the whole plane; their sums are then added to g, vector by vector.
 template <typename acc_t>
 void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy_ld, int64_t dy_pad,
-                       int64_t Ho, int64_t Wo, int64_t stride, double* g) {
+                       int64_t Ho, int64_t Wo, int64_t stride, acc_t* g) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
-  alignas(64) acc_t lanes[kBlock];
   for (int kh = 0; kh < 5; ++kh) {
     Vec a[5][V];  // 5 taps x V vectors of independent accumulators
     for (int kw = 0; kw < 5; ++kw)
@@ -682,10 +688,11 @@ void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy
       const acc_t* dy = DY + ((i + dy_pad) * dy_ld + dy_pad) * kBlock;
       weight_grad_span<true>(a, dy, X + (i * stride + kh) * x_ld * kBlock, Wo, stride, kBlock);
     }
-    for (int kw = 0; kw < 5; ++kw) {
-      for (int64_t v = 0; v < V; ++v) a[kw][v].store(lanes + v * L);
-      for (int64_t c = 0; c < kBlock; ++c) g[(kh * 5 + kw) * kBlock + c] += lanes[c];
-    }
+    for (int kw = 0; kw < 5; ++kw)
+      for (int64_t v = 0; v < V; ++v) {
+        acc_t* gp = g + (kh * 5 + kw) * kBlock + v * L;
+        (Vec::loadu(gp) + a[kw][v]).store(gp);
+      }
   }
 }
 
@@ -727,7 +734,7 @@ void packed_input_grad_row(const acc_t* DY, int64_t dy_ld, int64_t p, int64_t W,
 // The backward of a channels_last tensor of whole channel blocks. The weight gradient is a
 // sum over the whole batch: the work is cut into `groups` runs fixed by the shape alone (not
 // the thread count), each run sums into its own partial, and the partials are added in
-// order: deterministic. Small planes (plane_fits) go by whole samples, every block of a
+// order, in double: deterministic. Small planes (plane_fits) go by whole samples, every block of a
 // sample packed in turn while the sample is in cache; large ones by output rows, in place,
 // each run computing the dx rows below its dy rows as soon as the dy rows they read have
 // been visited, so that dy is read from memory once.
@@ -744,12 +751,12 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
       std::clamp<int64_t>((work + 65535) / 65536, 1, std::min<int64_t>(16, units));
   const int64_t x_ld = W + 2 * kPad, dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
   // [group][block][tap][lane], each group's part zeroed and filled by the thread that runs it
-  const std::unique_ptr<double[]> partial(new double[groups * blocks * per_block]);
+  const std::unique_ptr<acc_t[]> partial(new acc_t[groups * blocks * per_block]);
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t u0 = g * units / groups, u1 = (g + 1) * units / groups;
-      double* part = partial.get() + g * blocks * per_block;
-      std::fill_n(part, blocks * per_block, 0.0);
+      acc_t* part = partial.get() + g * blocks * per_block;
+      std::fill_n(part, blocks * per_block, acc_t(0));
       if (planes) {
         acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);
         acc_t* DY = thread_scratch<acc_t>(1, (Ho + 2 * dy_pad) * dy_ld * kBlock);
@@ -767,7 +774,6 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
           }
         continue;
       }
-      std::vector<acc_t> stage(blocks * per_block);
       const acc_t* xrows[5];
       for (int64_t r = u0; r < u1;) {
         // sample n, output rows [i0, i1); this run also owns dx rows [S i0, S i1) within H
@@ -775,7 +781,6 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
         const acc_t* dyn = dy + n * Ho * Wo * C;
         const acc_t* xn = x + n * H * W * C;
         acc_t* dxn = dx + n * H * W * C;
-        std::fill(stage.begin(), stage.end(), acc_t(0));
         int64_t p = stride * i0;
         const int64_t p_end = std::min(H, stride * i1);
         for (int64_t i = i0; i < i1; ++i) {
@@ -785,27 +790,29 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
               xrows[kh] = ih >= 0 && ih < H ? xn + ih * W * C + b * kBlock : nullptr;
             }
             weight_grad_row(dyn + i * Wo * C + b * kBlock, xrows, Wo, W, stride, C,
-                            stage.data() + b * per_block);
+                            part + b * per_block);
           }
           for (; p < p_end && (p + 2) / stride <= i; ++p)
             input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
         }
         for (; p < p_end; ++p)
           input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
-        for (int64_t k = 0; k < blocks * per_block; ++k) part[k] += stage[k];
         r += i1 - i0;
       }
     }
   });
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {  // groups added in order
-    for (int64_t b = begin; b < end; ++b)
+    std::vector<double> sum(per_block);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (int64_t g = 0; g < groups; ++g) {  // whole blocks of partials: vectorized adds
+        const acc_t* part = partial.get() + (g * blocks + b) * per_block;
+        for (int64_t k = 0; k < per_block; ++k) sum[k] += part[k];
+      }
       for (int t = 0; t < kTaps; ++t)
-        for (int64_t c = 0; c < kBlock; ++c) {
-          double sum = 0;
-          for (int64_t g = 0; g < groups; ++g)
-            sum += partial[(g * blocks + b) * per_block + t * kBlock + c];
-          g_eff[(b * kBlock + c) * kTaps + t] = sum;
-        }
+        for (int64_t c = 0; c < kBlock; ++c)
+          g_eff[(b * kBlock + c) * kTaps + t] = sum[t * kBlock + c];
+    }
   });
 }
 
@@ -819,7 +826,6 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
   // dy is zero-padded so that dx is a gather: by 2 for stride 1 (dx[p][q] = sum
   // w[kh][kw] dy[p+2-kh][q+2-kw]), by 1 for stride 2 (dy row (p+2-kh)/2 lies in [-1, Ho]).
   const int64_t dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
-  std::fill(g_eff, g_eff + C * kTaps, 0.0);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (in_place<scalar_t>(x) && in_place<scalar_t>(dy) && in_place<scalar_t>(dx))
       return backward_channels_last(dy.data_ptr<acc_t>(), x.data_ptr<acc_t>(), dx.data_ptr<acc_t>(),
@@ -835,11 +841,14 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
     for (int64_t b = begin; b < end; ++b) {
       const int64_t c0 = b * kBlock, nc = std::min(kBlock, C - c0);
       const BlockWeight<acc_t> bw(w_eff + c0 * kTaps, nc);
-      std::vector<double> g(kTaps * kBlock, 0.0);
+      std::vector<double> g(kTaps * kBlock, 0.0);  // summed over the batch in double
+      alignas(64) acc_t plane_sum[kTaps * kBlock];
       for (int64_t n = 0; n < N; ++n) {
         pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, x_ld, X);
         pack(PlaneBlock<scalar_t>(dy, n, c0, nc), Ho, Wo, dy_pad, dy_ld, DY);
-        weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, g.data());
+        std::fill_n(plane_sum, kTaps * kBlock, acc_t(0));
+        weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, plane_sum);
+        for (int64_t k = 0; k < kTaps * kBlock; ++k) g[k] += plane_sum[k];
         const PlaneBlock<scalar_t> block(dx, n, c0, nc);
         PlaneWriter<scalar_t, acc_t> out(block, W, buf);
         for (int64_t p = 0; p < H; ++p) {
