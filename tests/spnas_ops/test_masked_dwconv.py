@@ -27,6 +27,8 @@ SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
     (2, 48, 11, 19),
     (1, 32, 45, 61),  # a plane too large to pack whole: channels_last streamed row by row
     (1, 16, 260, 6),  # the same with rows too short for in-place interiors
+    (2, 144, 10, 7),  # pixels >= 512 bytes apart (fp32): channels_last written by streaming stores
+    (1, 64, 8, 15),  # the same in fp64; rows of whole register blocks and a block computed again
 ]
 
 
