@@ -72,20 +72,24 @@ struct Superkernel {
     }
     norm[0] = std::sqrt(outer);
     d[0] = (norm[0] - t[0] >= 0 ? 1.0 : 0.0) * r[0];
+    double mask[kTaps];  // w1 = w * mask, tap by tap: M3 + d_kernel * M5
+    for (int k = 0; k < kTaps; ++k) mask[k] = kInner[k] ? 1.0 : d[0];
     double hi = 0, lo = 0;
     for (int64_t ch = 0; ch < c; ++ch) {
       const double* wc = &w[ch * kTaps];
       double* w1c = &w1[ch * kTaps];
-      for (int k = 0; k < kTaps; ++k) w1c[k] = kInner[k] ? wc[k] : d[0] * wc[k];
+      for (int k = 0; k < kTaps; ++k) w1c[k] = wc[k] * mask[k];
       (ch < c / 2 ? lo : hi) += tap_sum([&](int k) { return w1c[k] * w1c[k]; });
     }
     norm[1] = std::sqrt(hi);
     norm[2] = std::sqrt(lo);
     d[1] = (norm[1] - t[1] >= 0 ? 1.0 : 0.0) * r[1];
     d[2] = skippable ? (norm[2] - t[2] >= 0 ? 1.0 : 0.0) * r[2] : 1.0;
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const double gate = channel_gate(ch);
-      for (int k = 0; k < kTaps; ++k) w_eff[ch * kTaps + k] = gate * w1[ch * kTaps + k];
+    // w_eff = gate * w1, the lo half of the channels and then the hi half: two flat loops.
+    for (const int64_t half : {int64_t(0), c / 2}) {
+      const double gate = channel_gate(half);
+      const int64_t end = (half == 0 ? c / 2 : c) * kTaps;
+      for (int64_t i = half * kTaps; i < end; ++i) w_eff[i] = gate * w1[i];
     }
   }
 
