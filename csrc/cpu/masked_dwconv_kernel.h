@@ -3,9 +3,9 @@
 // spnas::cpu::<CPU_CAPABILITY>; masked_dwconv_cpu.cpp picks one at run time.
 //
 // Layout of the work. Channels are processed in blocks of 16 (one vector or two or four,
-// by instruction set); every sum is register-blocked over four output pixels and the
-// nonzero taps only (the inner 3x3 when d_kernel = 0, none for a skipped layer or unused
-// expansion channels).
+// by instruction set); every sum is register-blocked over several output pixels (kPixels,
+// dense_row; four in the stride-2 transposed convolution and in place) and the nonzero taps only
+// (the inner 3x3 when d_kernel = 0, none for a skipped layer or unused expansion channels).
 //  * Packed: a task copies ("packs") one block of one sample into a zero-padded scratch
 //    image of 16-channel pixels, (H+4) x (W+4) x 16, in the accumulation type (converting
 //    dtype and memory format on the way: NCHW fp32 by 16x16 vector transposes), so that
