@@ -222,13 +222,15 @@ struct PlaneWriter {
   }
 };
 
-// Streaming stores: an output whose pixels lie at least kStreamBytes apart (channels_last
-// with C >= 256 fp32 channels) is written past the caches, so that a store does not first
-// read the line it fills (there, every pixel's line is a cache miss of its own: the pixels
-// of one channel block are C values apart). Measured on the development machine (2-core
-// Zen 3 VM, batch 32): forward 10-15% faster at C = 480 (14 px) and C = 1152 (7 px), and
-// 5-10% slower at C = 240 (28 px), hence the threshold. Threads that may have streamed end
-// their share of a parallel_for with stream_fence().
+// Streaming stores: an output written from a packed block (dense_row with PackedIn) whose
+// pixels lie at least kStreamBytes apart (channels_last with C >= 128 fp32 channels) is
+// written past the caches, so that a store does not first read the line it fills (there,
+// every pixel's line is a cache miss of its own: the pixels of one channel block are C values
+// apart). Measured on the development machine (2-core Zen 3 VM, batch 32, in-process A/B):
+// with the 7-pixel blocks, forward 1.2x-1.35x and backward 1.15x faster at C = 480 (14 px)
+// and C = 1152 (7 px), about even at C = 240 (28 px); the in-place path (rows of 56 and 112 px)
+// was 5-10% slower with them and never streams. Threads that may have streamed end their
+// share of a parallel_for with stream_fence().
 constexpr int64_t kStreamBytes = 512;
 
 template <typename acc_t>
@@ -400,7 +402,9 @@ inline void dense_block(acc_t* out, int64_t p, const acc_t* const* rows, const a
       // Opaque to the optimizer: otherwise it sees that tap kw + S of pixel j reads what tap
       // kw of pixel j + 1 read, keeps those inputs in registers, and with P * V registers
       // taken by the sums spills them to the stack.
+#if defined(__GNUC__)
       asm("" : "+r"(xk));
+#endif
 #pragma GCC unroll 4
       for (int64_t v = 0; v < V; ++v) {
         const Vec wv = Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L);
