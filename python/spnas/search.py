@@ -362,9 +362,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(ce=f"{ce.item():.3f}", ms=f"{hard_ms:.1f}", lam=f"{lam_now:.3g}")
-                want_stop = stop.requested or (cfg.stop_after_step is not None
-                                               and steps_done >= cfg.stop_after_step)
-                if d.any(want_stop):
+                if stop.now(d, steps_done, cfg.stop_after_step):
                     interrupted = True
                     break
             if interrupted:

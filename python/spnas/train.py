@@ -267,9 +267,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                     bar.update(1)
                     bar.set_postfix(ce=f"{ce.item():.3f}", lr=f"{lr:.3g}",
                                     top1=f"{top1:.3f}" if top1 is not None else "-")
-                want_stop = stop.requested or (cfg.stop_after_step is not None
-                                               and steps_done >= cfg.stop_after_step)
-                if d.any(want_stop):
+                if stop.now(d, steps_done, cfg.stop_after_step):
                     interrupted = True
                     break
             if interrupted:

@@ -112,6 +112,12 @@ class StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    def now(self, d: "Dist", steps_done: int, stop_after_step: int | None) -> bool:
+        """Whether the run ends after this step, agreed by every rank: a stop was asked for
+        (signal) on any rank, or `stop_after_step` steps are done."""
+        return d.any(self.requested or (stop_after_step is not None
+                                        and steps_done >= stop_after_step))
+
 
 class MetricsLog:
     """The run's metrics.jsonl, written by the main process only (other ranks get a no-op)."""
