@@ -71,17 +71,20 @@ const Kernels& kernels() {
   return k;
 }
 
-// A fresh output of a few MiB or more is a fresh mmap: its first touch costs one page fault
-// per 4 KiB page (on the development VM, 100 ms for the 154 MB dx of the 112x112 stage at
-// batch 32, against 16 ms to write it once mapped). Advising its 2 MiB-aligned interior as
-// transparent huge pages before the kernels touch it turns that into one fault per 2 MiB
-// (25 ms there). A no-op where THP is off or unsupported; memory already mapped (reused
-// from the heap) is unaffected.
+// An output of 32 MiB or more is a fresh mmap on every call (glibc serves requests above its
+// largest mmap threshold, 32 MiB, that way): its first touch costs one page fault per 4 KiB
+// page (on the development VM, 55 ms to first write 154 MB, the dx of the 112x112 stage at
+// batch 32). Advising its 2 MiB-aligned interior as transparent huge pages before the kernels
+// touch it makes that one fault per 2 MiB (13 ms there). Smaller outputs are not advised:
+// glibc serves them from its heap, mostly already mapped, and where the heap must grow again
+// huge-page faults there cost far more than small ones (40-60 ms instead of ~8 ms for a 24 MB
+// output, measured on the same VM). A no-op where THP is off or unsupported.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (t.nbytes() >= 2 * kHuge) {
+  constexpr size_t kFreshMapping = size_t(32) << 20;
+  if (t.nbytes() >= kFreshMapping) {
     const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
     const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1);
     const uintptr_t hi = (begin + t.nbytes()) & ~(kHuge - 1);

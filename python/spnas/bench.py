@@ -7,11 +7,20 @@ machine noise hits every contender alike:
   * plain `F.conv2d` depthwise with a fixed 5x5 weight (what an unmasked network pays),
 forward only and forward+backward, and reports medians and the ratios ours/baseline.
 `--memory` adds the peak memory of one forward+backward of each (torch allocations).
+
+Freed memory is kept mapped (glibc's heap is never trimmed; `--trim-heap` restores glibc's
+default) so that, after the warm-up round, every contender's outputs come from memory already
+mapped and the repeats time the kernels, not the page faults of freshly mapped memory, which
+on a VM cost up to several ms per MB and fall on whichever contender happens to allocate
+after a trim. Outputs of 32 MiB or more are fresh mappings whatever this setting (glibc maps
+them one by one), for every contender alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import platform
 import statistics
@@ -29,6 +38,21 @@ import spnas_ops
 STAGE_SHAPES = [(32, 96, 112, 2), (32, 144, 56, 1), (32, 240, 28, 1), (32, 480, 14, 1),
                 (32, 1152, 7, 1)]
 CONTENDERS = ("ours", "reference", "conv2d")
+
+
+def keep_heap_mapped() -> bool:
+    """Tells glibc's malloc never to give freed heap memory back to the system (M_TRIM_THRESHOLD)
+    and to serve requests under 32 MiB from the heap (M_MMAP_THRESHOLD). Returns whether it
+    took effect (False off glibc)."""
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_trim_threshold, 2**31 - 1)) and bool(mallopt(m_mmap_threshold, 32 << 20))
 
 
 def make_inputs(shape, channels_last, dtype=torch.float32, seed=0):
@@ -113,7 +137,7 @@ def run(shapes, layouts, backend, repeats, memory, progress=True):
     return rows
 
 
-def markdown(rows, backend, threads, memory):
+def markdown(rows, backend, threads, memory, kept_heap=False):
     s = lambda r, k: r["seconds"][k]  # noqa: E731
     head = ("| shape (N,C,H,s) | layout | fwd+bwd ms: ours / reference / conv2d "
             "| speed-up vs reference | vs conv2d | fwd speed-up vs reference | vs conv2d |")
@@ -135,7 +159,8 @@ def markdown(rows, backend, threads, memory):
     cpu = platform.processor() or platform.machine()
     lines.append("")
     lines.append(f"{date.today()}, {cpu}, {threads} threads, torch {torch.__version__}, "
-                 f"backend {backend!r}, fp32, medians of interleaved repeats.")
+                 f"backend {backend!r}, fp32, medians of interleaved repeats"
+                 f"{', heap kept mapped' if kept_heap else ''}.")
     return "\n".join(lines)
 
 
@@ -151,12 +176,13 @@ def main(args) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = not args.trim_heap and keep_heap_mapped()
     shapes = STAGE_SHAPES if args.batch is None else [(args.batch, *s[1:]) for s in STAGE_SHAPES]
     if args.shapes:
         shapes = [shapes[i] for i in args.shapes]
     layouts = {"nchw": [False], "channels_last": [True], "both": [False, True]}[args.layout]
     rows = run(shapes, layouts, args.backend, args.repeats, args.memory)
-    print(markdown(rows, args.backend, torch.get_num_threads(), args.memory))
+    print(markdown(rows, args.backend, torch.get_num_threads(), args.memory, kept))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -177,5 +203,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of fwd+bwd")
+    p.add_argument("--trim-heap", action="store_true",
+                   help="leave glibc's malloc at its default (freed memory given back to the "
+                        "system, so repeats may pay page faults again)")
     p.add_argument("--json", metavar="FILE", help="write the raw figures here")
     p.set_defaults(func=main)
