@@ -2,11 +2,15 @@
 --benchmark-only; the project's pytest options skip benchmarks otherwise). Forward and forward+backward, fp32, NCHW and channels_last, on the five
 supernet stage shapes at batch 32: the fused op, the reference oracle and plain depthwise
 F.conv2d with a fixed 5x5 weight. For the ratio table use benchmarks/op_table.py, which
-interleaves the contenders in one run."""
+interleaves the contenders in one run. As there, freed memory stays mapped (keep_heap_mapped)
+so that the rounds time the kernels, not page faults."""
 
 import pytest
 
-from spnas.bench import CONTENDERS, STAGE_SHAPES, default_backend, make_inputs, step
+from spnas.bench import (CONTENDERS, STAGE_SHAPES, default_backend, keep_heap_mapped,
+                         make_inputs, step)
+
+keep_heap_mapped()
 
 
 @pytest.mark.parametrize("shape", STAGE_SHAPES, ids=lambda s: "N{}C{}H{}s{}".format(*s))

@@ -1,0 +1,44 @@
+"""`spnas bench`: the ratio table runs end to end on a tiny case and says how it was measured."""
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from spnas import bench
+from spnas.cli import main
+
+
+def test_table_of_a_tiny_case(capsys, tmp_path):
+    out = tmp_path / "rows.json"
+    code = main(["bench", "--batch", "1", "--shapes", "4", "--layout", "channels_last",
+                 "--repeats", "1", "--trim-heap", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["shape"] for r in rows] == [[1, 1152, 7, 1]] and rows[0]["channels_last"]
+    assert set(rows[0]["seconds"]) == {f"{c}/{p}" for c in bench.CONTENDERS
+                                       for p in ("fwd", "fwd+bwd")}
+    assert all(v > 0 for v in rows[0]["seconds"].values())
+    assert "| (1, 1152, 7, 1) | channels_last |" in text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is glibc's")
+def test_heap_kept_mapped_on_glibc():
+    # In a child process: mallopt changes the allocator of the whole process.
+    code = ("from spnas import bench; import sys; "
+            "sys.exit(0 if bench.keep_heap_mapped() else 1)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    table = subprocess.run([sys.executable, "-m", "spnas.cli", "bench", "--batch", "1",
+                            "--shapes", "4", "--layout", "nchw", "--repeats", "1"],
+                           capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    assert "heap kept mapped" in table.stdout
+    trimmed = subprocess.run([sys.executable, "-m", "spnas.cli", "bench", "--batch", "1",
+                              "--shapes", "4", "--layout", "nchw", "--repeats", "1",
+                              "--trim-heap"], capture_output=True, text=True)
+    assert trimmed.returncode == 0, trimmed.stderr
+    assert "heap kept mapped" not in trimmed.stdout and "medians of interleaved" in trimmed.stdout
