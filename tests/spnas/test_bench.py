@@ -32,13 +32,14 @@ def test_heap_kept_mapped_on_glibc():
     code = ("from spnas import bench; import sys; "
             "sys.exit(0 if bench.keep_heap_mapped() else 1)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-    table = subprocess.run([sys.executable, "-m", "spnas.cli", "bench", "--batch", "1",
-                            "--shapes", "4", "--layout", "nchw", "--repeats", "1"],
-                           capture_output=True, text=True)
-    assert table.returncode == 0, table.stderr
-    assert "heap kept mapped" in table.stdout
-    trimmed = subprocess.run([sys.executable, "-m", "spnas.cli", "bench", "--batch", "1",
-                              "--shapes", "4", "--layout", "nchw", "--repeats", "1",
-                              "--trim-heap"], capture_output=True, text=True)
-    assert trimmed.returncode == 0, trimmed.stderr
-    assert "heap kept mapped" not in trimmed.stdout and "medians of interleaved" in trimmed.stdout
+
+    def table(*extra):
+        done = subprocess.run([sys.executable, "-m", "spnas.cli", "bench", "--batch", "1",
+                               "--shapes", "4", "--layout", "nchw", "--repeats", "1", *extra],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "heap kept mapped" in table()
+    trimmed = table("--trim-heap")
+    assert "heap kept mapped" not in trimmed and "medians of interleaved" in trimmed
