@@ -29,6 +29,9 @@ SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
     (1, 16, 260, 6),  # the same with rows too short for in-place interiors
     (2, 144, 10, 7),  # pixels >= 512 bytes apart (fp32): channels_last written by streaming stores
     (1, 64, 8, 15),  # the same in fp64; rows of whole register blocks and a block computed again
+    # batches of 8 or more: channels_last small planes packed a whole sample at a time
+    (8, 32, 9, 11),
+    (9, 16, 2, 3),
 ]
 
 
@@ -118,11 +121,23 @@ def test_empty_batch():
     assert x.grad.shape == x.shape and t.grad.abs().sum() > 0
 
 
-def test_backward_is_deterministic():
-    case = make_case((4, 32, 15, 15), stride=2, channels_last=True, seed=11)
-    a, b = run_backend(case, "cpu"), run_backend(case, "cpu")
-    for name, u, v in zip(NAMES, a, b):
-        assert torch.equal(u, v), name
+@pytest.mark.parametrize("shape,stride", [((4, 32, 15, 15), 2), ((9, 32, 10, 10), 1),
+                                          ((2, 16, 48, 48), 1)], ids=["groups", "samples", "rows"])
+def test_backward_is_deterministic(shape, stride):
+    """Bit for bit the same run to run and whatever the thread count: the weight gradient's
+    partial sums are fixed by the shape and added in order."""
+    case = make_case(shape, stride=stride, channels_last=True, seed=11)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            results.append(run_backend(case, "cpu"))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for name, u, v in zip(NAMES, results[0], other):
+            assert torch.equal(u, v), name
 
 
 def test_opcheck():
