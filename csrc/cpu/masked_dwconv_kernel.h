@@ -766,6 +766,17 @@ void input_grad_row(const acc_t* dy, acc_t* dx, int64_t p, int64_t Ho, int64_t W
   }
 }
 
+// One output row of one block, from the five packed input rows its kernel rows read; output
+// pixels out_ps apart. A skipped layer (no nonzero tap): y = 0.
+template <typename acc_t>
+void output_row(const BlockWeight<acc_t>& bw, int64_t stride, acc_t* out, int64_t Wo,
+                const acc_t* const* rows, int64_t out_ps) {
+  if (bw.kernel > 0)
+    dense_row<acc_t, true>(stride, bw.kernel, out, Wo, rows, bw.w, {kBlock, out_ps});
+  else
+    zero_pixels(out, Wo, out_ps);
+}
+
 // A channels_last batch of small planes (kSweepBatch): one task per sample, packed in one
 // sweep and computed block by block into y in place.
 template <typename acc_t>
@@ -780,15 +791,10 @@ void forward_swept(const acc_t* x, acc_t* y, int64_t N, int64_t C, int64_t H, in
     for (int64_t n; samples.claim(n);) {
       pack_sample(x + n * H * W * C, H, W, C, kPad, ld, plane, X);
       for (int64_t b = 0; b < C / kBlock; ++b) {
-        const BlockWeight<acc_t>& bw = weights[b];
         const acc_t* Xb = X + b * plane;
         for (int64_t i = 0; i < Ho; ++i) {
-          acc_t* row = y + ((n * Ho + i) * Wo) * C + b * kBlock;
           for (int kh = 0; kh < 5; ++kh) rows[kh] = Xb + (i * stride + kh) * ld * kBlock;
-          if (bw.kernel > 0)
-            dense_row<acc_t, true>(stride, bw.kernel, row, Wo, rows, bw.w, {kBlock, C});
-          else
-            zero_pixels(row, Wo, C);  // a skipped layer: y = 0
+          output_row(weights[b], stride, y + ((n * Ho + i) * Wo) * C + b * kBlock, Wo, rows, C);
         }
       }
     }
@@ -816,13 +822,8 @@ void forward_rows(const acc_t* x, acc_t* y, int64_t N, int64_t C, int64_t H, int
       for (int64_t i = i0; i < i1; ++i) {
         in.fetch(i * stride + 2);
         for (int64_t b = 0; b < C / kBlock; ++b) {
-          const BlockWeight<acc_t>& bw = weights[b];
-          acc_t* out = y + ((n * Ho + i) * Wo) * C + b * kBlock;
           for (int kh = 0; kh < 5; ++kh) rows[kh] = in.row(i * stride + kh - 2, b);
-          if (bw.kernel > 0)
-            dense_row<acc_t, true>(stride, bw.kernel, out, Wo, rows, bw.w, {kBlock, C});
-          else
-            zero_pixels(out, Wo, C);  // a skipped layer: y = 0
+          output_row(weights[b], stride, y + ((n * Ho + i) * Wo) * C + b * kBlock, Wo, rows, C);
         }
       }
     }
@@ -859,12 +860,8 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
       PlaneWriter<scalar_t, acc_t> out(block, Wo, buf);
       if (bw.count > 0) pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, ld, X);
       for (int64_t i = 0; i < Ho; ++i) {
-        acc_t* row = out.row(i);
         for (int kh = 0; kh < 5; ++kh) rows[kh] = X + (i * stride + kh) * ld * kBlock;
-        if (bw.kernel > 0)
-          dense_row<acc_t, true>(stride, bw.kernel, row, Wo, rows, bw.w, {kBlock, out.ps()});
-        else
-          zero_pixels(row, Wo, out.ps());  // a skipped layer: y = 0
+        output_row(bw, stride, out.row(i), Wo, rows, out.ps());
         out.done(i);
       }
       out.finish();
