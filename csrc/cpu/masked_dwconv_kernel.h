@@ -581,21 +581,28 @@ bool plane_fits(int64_t H, int64_t W) {
 // are read back from the L2 and L3 caches.
 constexpr int64_t kSweepBatch = 8;
 
-// Copies sample `src` (H x W pixels of C channels, channels_last) into the padded planes of
-// its C / kBlock blocks, `plane` values apart in dst (pixel (h, w) of block b at
+// Copies one channels_last row (W pixels of C channels, read in order) into the kBlock-channel
+// rows of its C / kBlock blocks: pixel w of block b at dst + b * block_stride + w * kBlock.
+template <typename acc_t>
+void scatter_row(const acc_t* __restrict__ src, int64_t W, int64_t C, int64_t block_stride,
+                 acc_t* __restrict__ dst) {
+  using Vec = Vectorized<acc_t>;
+  for (int64_t w = 0; w < W; ++w, src += C)
+    for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+      acc_t* d = dst + c0 / kBlock * block_stride + w * kBlock;
+#pragma GCC unroll 4
+      for (int64_t v = 0; v < kBlock; v += Vec::size()) Vec::loadu(src + c0 + v).store(d + v);
+    }
+}
+
+// Copies sample `src` (H x W pixels of C channels) into the padded planes of its C / kBlock
+// blocks, `plane` values apart in dst (pixel (h, w) of block b at
 // b * plane + ((h + pad) * ld + w + pad) * kBlock), reading src in order.
 template <typename acc_t>
-void pack_sample(const acc_t* __restrict__ src, int64_t H, int64_t W, int64_t C, int64_t pad,
-                 int64_t ld, int64_t plane, acc_t* __restrict__ dst) {
-  using Vec = Vectorized<acc_t>;
+void pack_sample(const acc_t* src, int64_t H, int64_t W, int64_t C, int64_t pad, int64_t ld,
+                 int64_t plane, acc_t* dst) {
   for (int64_t h = 0; h < H; ++h)
-    for (int64_t w = 0; w < W; ++w) {
-      const acc_t* s = src + (h * W + w) * C;
-      acc_t* d = dst + ((h + pad) * ld + w + pad) * kBlock;
-      for (int64_t c0 = 0; c0 < C; c0 += kBlock, d += plane)
-#pragma GCC unroll 4
-        for (int64_t v = 0; v < kBlock; v += Vec::size()) Vec::loadu(s + c0 + v).store(d + v);
-    }
+    scatter_row(src + h * W * C, W, C, plane, dst + ((h + pad) * ld + pad) * kBlock);
 }
 
 // The forward of a large channels_last plane reads it row by row, all C channels of a row in
@@ -615,17 +622,9 @@ struct RowRing {
   static int64_t size(int64_t C, int64_t ld) { return (C / kBlock * 5 + 1) * ld * kBlock; }
   // Packs the rows up to r (within the image) not packed yet: each row read in order.
   void fetch(int64_t r) {
-    using Vec = Vectorized<acc_t>;
-    for (; packed <= std::min(r, rows - 1); ++packed) {
-      const acc_t* s = src + packed * W * C;
-      acc_t* slot = buf + ((packed % 5) * ld + pad) * kBlock;
-      for (int64_t w = 0; w < W; ++w, s += C)
-        for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
-          acc_t* d = slot + (c0 / kBlock * 5 * ld + w) * kBlock;
-#pragma GCC unroll 4
-          for (int64_t v = 0; v < kBlock; v += Vec::size()) Vec::loadu(s + c0 + v).store(d + v);
-        }
-    }
+    for (; packed <= std::min(r, rows - 1); ++packed)
+      scatter_row(src + packed * W * C, W, C, 5 * ld * kBlock,
+                  buf + ((packed % 5) * ld + pad) * kBlock);
   }
   const acc_t* row(int64_t r, int64_t b) const {
     return buf + (r < 0 || r >= rows ? C / kBlock * 5 : b * 5 + r % 5) * ld * kBlock;
