@@ -4,22 +4,22 @@
 //
 // Layout of the work. Channels are processed in blocks of 16 (one vector or two or four,
 // by instruction set); every sum is register-blocked over several output pixels (kPixels,
-// dense_row; four in the stride-2 transposed convolution and in place) and the nonzero taps only
+// dense_row; four in the stride-2 transposed convolution, row_sum) and the nonzero taps only
 // (the inner 3x3 when d_kernel = 0, none for a skipped layer or unused expansion channels).
-//  * Packed: a task copies ("packs") one block of one sample into a zero-padded scratch
-//    image of 16-channel pixels, (H+4) x (W+4) x 16, in the accumulation type (converting
-//    dtype and memory format on the way: NCHW fp32 by 16x16 vector transposes), so that
-//    every tap is an unchecked load of whole vectors, whatever the stride, plane size or
-//    layout. Rows are written out through a PlaneWriter (in place for channels_last).
-//    A channels_last batch of kSweepBatch samples or more packs all blocks of a sample in one
-//    sequential sweep (pack_sample), one task per sample.
-//  * By rows: a channels_last fp32/fp64 tensor of whole channel blocks whose planes are
-//    too large to pack whole is swept row by row over every block, so that memory is read
-//    in order: the forward through a ring of packed rows (RowRing), the backward where it
-//    lies (direct_row, weight_grad_row, input_grad_row); outputs are written in place.
+// Every sum reads packed copies of its inputs: zero-padded images of 16-channel pixels in the
+// accumulation type (converting dtype and memory format on the way: NCHW fp32 by 16x16
+// vector transposes), so that every tap is an unchecked load of whole vectors, whatever the
+// stride, plane size or layout.
+//  * By blocks: a task packs one block of one sample, (H+4) x (W+4) x 16, and writes its
+//    rows out through a PlaneWriter (in place for channels_last).
+//  * channels_last fp32/fp64 of whole channel blocks, read in order, a whole row of all
+//    channels at a time: a batch of kSweepBatch samples or more of small planes packs all
+//    blocks of a sample in one sweep (pack_sample), one task per sample; large planes go
+//    through rings of the last five packed rows of every block (RowRing), one task per run
+//    of kRowRun output rows. Outputs are written in place.
 // The backward reads x and dy once from memory and yields dx and dL/dw_eff. dL/dw_eff is
 // summed in a fixed order whatever the thread count (no atomics): per channel block over
-// the batch (packed NCHW), or per run of samples/rows with partials added in order
+// the batch (by blocks), or per sample or run of rows with partials added in order
 // (channels_last). dx is a gather over dy with the effective weight.
 #pragma once
 
@@ -227,14 +227,15 @@ struct PlaneWriter {
   }
 };
 
-// Streaming stores: an output written from a packed block (dense_row with PackedIn) whose
-// pixels lie at least kStreamBytes apart (channels_last with C >= 128 fp32 channels) is
+// Streaming stores: an output (of dense_row or row_sum) whose pixels lie at least kStreamBytes
+// apart (channels_last with C >= 128 fp32 channels) is
 // written past the caches, so that a store does not first read the line it fills (there,
 // every pixel's line is a cache miss of its own: the pixels of one channel block are C values
 // apart). Measured on the development machine (2-core Zen 3 VM, batch 32, in-process A/B):
 // with the 7-pixel blocks, forward 1.2x-1.35x and backward 1.15x faster at C = 480 (14 px)
-// and C = 1152 (7 px), about even at C = 240 (28 px); the in-place path (rows of 56 and 112 px)
-// was 5-10% slower with them and never streams. Threads that may have streamed end their
+// and C = 1152 (7 px), about even at C = 240 (28 px); the stride-2 dx rows of the 112 px
+// stage (C = 96, pixels 2 C apart) 1.3x faster on reused memory (none on freshly mapped
+// memory, whose pages the kernel has just zeroed). Threads that may have streamed end their
 // share of a parallel_for with stream_fence().
 constexpr int64_t kStreamBytes = 512;
 
@@ -271,44 +272,38 @@ inline void stream_fence() {
 }
 
 // One tap of a row sum: pixel p of the output row reads src + p * (pixel stride) and
-// multiplies it lane by lane with the kBlock weights at w. col is the input column that
-// pixel 0 reads, relative to src (used only to bounds-check the edge pixels of unpadded rows).
+// multiplies it lane by lane with the kBlock weights at w.
 template <typename acc_t>
 struct Tap {
   const acc_t* src;
   const acc_t* w;
-  int64_t col = 0;
-};
-
-// The pixel strides of a row kernel's input and output: kBlock for the packed scratch,
-// the channel count for a channels_last tensor read and written in place.
-struct Strides {
-  int64_t in, out;
 };
 
 // out[p] = sum_t w_t * src_t[p] for p in [0, pixels), kBlock lanes each, for any list of
-// taps (the stride-2 transposed convolution). Four pixels at a time keep 4 x (kBlock /
-// lanes) accumulators in registers, and each weight vector loaded serves four pixels.
+// taps (the stride-2 transposed convolution): input pixels kBlock values apart (packed),
+// output pixels out_ps apart. Four pixels at a time keep 4 x (kBlock / lanes) accumulators
+// in registers, and each weight vector loaded serves four pixels.
 template <typename acc_t>
-void row_sum(acc_t* out, int64_t pixels, const Tap<acc_t>* taps, int ntaps, Strides ps) {
+void row_sum(acc_t* out, int64_t pixels, const Tap<acc_t>* taps, int ntaps, int64_t out_ps) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
+  const bool stream = streamable(out, out_ps);
   auto four = [&](int64_t p) {
     Vec a[4][V];
     for (int jj = 0; jj < 4; ++jj)
       for (int64_t v = 0; v < V; ++v) a[jj][v] = Vec(0);
     for (int t = 0; t < ntaps; ++t) {
-      const acc_t* x = taps[t].src + p * ps.in;
+      const acc_t* x = taps[t].src + p * kBlock;
 #pragma GCC unroll 4
       for (int64_t v = 0; v < V; ++v) {
         const Vec w = Vec::loadu(taps[t].w + v * L);
 #pragma GCC unroll 4
         for (int jj = 0; jj < 4; ++jj)
-          a[jj][v] = at::vec::fmadd(w, Vec::loadu(x + jj * ps.in + v * L), a[jj][v]);
+          a[jj][v] = at::vec::fmadd(w, Vec::loadu(x + jj * kBlock + v * L), a[jj][v]);
       }
     }
     for (int jj = 0; jj < 4; ++jj)
-      for (int64_t v = 0; v < V; ++v) a[jj][v].store(out + (p + jj) * ps.out + v * L);
+      for (int64_t v = 0; v < V; ++v) store_out(out + (p + jj) * out_ps + v * L, a[jj][v], stream);
   };
   int64_t p = 0;
   for (; p + 4 <= pixels; p += 4) four(p);
@@ -323,28 +318,9 @@ void row_sum(acc_t* out, int64_t pixels, const Tap<acc_t>* taps, int ntaps, Stri
     for (int t = 0; t < ntaps; ++t)
       for (int64_t v = 0; v < V; ++v)
         a[v] = at::vec::fmadd(Vec::loadu(taps[t].w + v * L),
-                              Vec::loadu(taps[t].src + p * ps.in + v * L), a[v]);
-    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * ps.out + v * L);
+                              Vec::loadu(taps[t].src + p * kBlock + v * L), a[v]);
+    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * out_ps + v * L);
   }
-}
-
-// One output pixel of an unpadded row whose taps may fall outside the input: pixel p reads
-// column p * step + tap.col of each tap, skipped outside [0, cols).
-template <typename acc_t>
-void edge_pixel(acc_t* out, int64_t p, int64_t step, int64_t cols, const Tap<acc_t>* taps,
-                int ntaps, int64_t in_ps) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t L = Vec::size(), V = kBlock / L;
-  Vec a[V];
-  for (int64_t v = 0; v < V; ++v) a[v] = Vec(0);
-  for (int t = 0; t < ntaps; ++t) {
-    const int64_t col = p * step + taps[t].col;
-    if (col < 0 || col >= cols) continue;
-    for (int64_t v = 0; v < V; ++v)
-      a[v] = at::vec::fmadd(Vec::loadu(taps[t].w + v * L),
-                            Vec::loadu(taps[t].src + col * in_ps + v * L), a[v]);
-  }
-  for (int64_t v = 0; v < V; ++v) a[v].store(out + v * L);
 }
 
 // The effective weight of one channel block, tap-major: w[t * kBlock + c], zero past the
@@ -387,9 +363,9 @@ constexpr int kPixels = kBlock / Vectorized<acc_t>::size() == 1   ? 14
 
 // out[p + j] for j < P: one register block of dense_row. Every product reads its input
 // from memory (an operand of the FMA) and each weight vector loaded serves all P pixels.
-template <typename acc_t, int S, int K, bool PackedIn, int P>
-inline void dense_block(acc_t* out, int64_t p, const acc_t* const* rows, const acc_t* w, int64_t ip,
-                        int64_t op, bool stream) {
+template <typename acc_t, int S, int K, int P>
+inline void dense_block(acc_t* out, int64_t p, const acc_t* const* rows, const acc_t* w, int64_t op,
+                        bool stream) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
   constexpr int k0 = (5 - K) / 2;
@@ -399,11 +375,10 @@ inline void dense_block(acc_t* out, int64_t p, const acc_t* const* rows, const a
 #pragma GCC unroll 4
     for (int64_t v = 0; v < V; ++v) a[j][v] = Vec(0);
   for (int kh = k0; kh < k0 + K; ++kh) {
-    if (!PackedIn && rows[kh] == nullptr) continue;
-    const acc_t* x = rows[kh] + p * S * ip;
+    const acc_t* x = rows[kh] + p * S * kBlock;
 #pragma GCC unroll 5
     for (int kw = k0; kw < k0 + K; ++kw) {
-      const acc_t* xk = x + kw * ip;
+      const acc_t* xk = x + kw * kBlock;
       // Opaque to the optimizer: otherwise it sees that tap kw + S of pixel j reads what tap
       // kw of pixel j + 1 read, keeps those inputs in registers, and with P * V registers
       // taken by the sums spills them to the stack.
@@ -415,7 +390,7 @@ inline void dense_block(acc_t* out, int64_t p, const acc_t* const* rows, const a
         const Vec wv = Vec::loadu(w + (kh * 5 + kw) * kBlock + v * L);
 #pragma GCC unroll 16
         for (int j = 0; j < P; ++j)
-          a[j][v] = at::vec::fmadd(wv, Vec::loadu(xk + j * S * ip + v * L), a[j][v]);
+          a[j][v] = at::vec::fmadd(wv, Vec::loadu(xk + j * S * kBlock + v * L), a[j][v]);
       }
     }
   }
@@ -426,23 +401,19 @@ inline void dense_block(acc_t* out, int64_t p, const acc_t* const* rows, const a
 }
 
 // out[p] = sum_{kh, kw < K} w[kh][kw] * rows[kh][p * S + kw] (K = 3: the inner taps), kBlock
-// lanes per pixel, for a K x K kernel centred in the 5x5 one; pixels ps.out apart in out and
-// ps.in apart in the input rows (kBlock if PackedIn: a packed scratch). Register blocks of
+// lanes per pixel, for a K x K kernel centred in the 5x5 one, from packed, zero-padded
+// input rows (pixels kBlock values apart); output pixels out_ps apart. Register blocks of
 // kPixels pixels; a row that is not a whole number of blocks computes its last block again
 // where it overlaps the one before (a sum is idempotent; a tail loop is slow), a shorter row
-// goes by 4 pixels (and again the last 4) and, under 4, pixel by pixel. Unpadded inputs
-// (PackedIn false) mark rows outside the image with nullptr.
-template <typename acc_t, int S, int K, bool PackedIn>
-void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t* w, Strides ps) {
-  const int64_t ip = PackedIn ? kBlock : ps.in, op = ps.out;
-  const bool stream = PackedIn && streamable(out, op);
+// goes by 4 pixels (and again the last 4) and, under 4, pixel by pixel.
+template <typename acc_t, int S, int K>
+void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t* w,
+               int64_t out_ps) {
+  const bool stream = streamable(out, out_ps);
   auto block = [&](auto pixels_per_block, int64_t p) {
-    dense_block<acc_t, S, K, PackedIn, decltype(pixels_per_block)::value>(out, p, rows, w, ip, op,
-                                                                          stream);
+    dense_block<acc_t, S, K, decltype(pixels_per_block)::value>(out, p, rows, w, out_ps, stream);
   };
-  // In place (input pixels a run-time ps.in apart) the addresses of a wide block would take
-  // more general registers than there are: blocks of 4 there.
-  using Wide = std::integral_constant<int, PackedIn ? kPixels<acc_t> : 4>;
+  using Wide = std::integral_constant<int, kPixels<acc_t>>;
   using Four = std::integral_constant<int, 4>;
   int64_t p = 0;
   if (pixels >= Wide::value) {
@@ -457,63 +428,13 @@ void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t
 }
 
 // dense_row for a run-time stride (1 or 2) and kernel extent (3 or 5).
-template <typename acc_t, bool PackedIn>
+template <typename acc_t>
 void dense_row(int64_t stride, int kernel, acc_t* out, int64_t pixels, const acc_t* const* rows,
-               const acc_t* w, Strides ps = {kBlock, kBlock}) {
+               const acc_t* w, int64_t out_ps) {
   if (stride == 1)
-    (kernel == 5 ? dense_row<acc_t, 1, 5, PackedIn>
-                 : dense_row<acc_t, 1, 3, PackedIn>)(out, pixels, rows, w, ps);
+    (kernel == 5 ? dense_row<acc_t, 1, 5> : dense_row<acc_t, 1, 3>)(out, pixels, rows, w, out_ps);
   else
-    (kernel == 5 ? dense_row<acc_t, 2, 5, PackedIn>
-                 : dense_row<acc_t, 2, 3, PackedIn>)(out, pixels, rows, w, ps);
-}
-
-constexpr int64_t kEdge = 4;    // pixels at each end of a row computed from a packed copy
-constexpr int64_t kShort = 12;  // rows shorter than this are packed whole
-constexpr int64_t kStripCols = (kShort - 1) * 2 + 5;  // the widest copy: a short row, stride 2
-
-// Output pixels [p0, p1) of direct_row through a zero-padded packed copy of the columns they
-// read.
-template <typename acc_t>
-void strip_row(int64_t stride, int kernel, acc_t* out, int64_t p0, int64_t p1,
-               const acc_t* const* rows, int64_t in_cols, int64_t channels, const acc_t* w) {
-  using Vec = Vectorized<acc_t>;
-  alignas(64) acc_t cols[5 * kStripCols * kBlock];
-  const acc_t* packed[5];
-  const int64_t c0 = p0 * stride - 2, n = (p1 - 1 - p0) * stride + 5;
-  for (int kh = 0; kh < 5; ++kh) {
-    acc_t* row = cols + kh * kStripCols * kBlock;
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t col = c0 + k;
-      for (int64_t v = 0; v < kBlock; v += Vec::size())
-        (rows[kh] && col >= 0 && col < in_cols ? Vec::loadu(rows[kh] + col * channels + v) : Vec(0))
-            .store(row + k * kBlock + v);
-    }
-    packed[kh] = row;
-  }
-  dense_row<acc_t, true>(stride, kernel, out + p0 * channels, p1 - p0, packed, w,
-                         {kBlock, channels});
-}
-
-// One output row of a convolution with the K x K kernel centred in the 5x5 weight w (K =
-// kernel), read from and written to unpadded channels_last rows: rows[kh] is the input row
-// that kernel row kh reads (column 0, this block's channels) or nullptr outside the image;
-// input and output pixels are `channels` apart. The interior pixels, whose taps all lie
-// inside the row, are read in place; the kEdge pixels at each end (the whole row when it
-// is short) from a small zero-padded copy of the columns they read, so that every pixel
-// goes through dense_row's register-blocked sums.
-template <typename acc_t>
-void direct_row(int64_t stride, int kernel, acc_t* out, int64_t out_cols, const acc_t* const* rows,
-                int64_t in_cols, int64_t channels, const acc_t* w) {
-  if (out_cols < kShort)
-    return strip_row(stride, kernel, out, 0, out_cols, rows, in_cols, channels, w);
-  strip_row(stride, kernel, out, 0, kEdge, rows, in_cols, channels, w);
-  const acc_t* shifted[5];
-  for (int kh = 0; kh < 5; ++kh)
-    shifted[kh] = rows[kh] ? rows[kh] + (kEdge * stride - 2) * channels : nullptr;
-  dense_row<acc_t, false>(stride, kernel, out + kEdge * channels, out_cols - 2 * kEdge, shifted, w,
-                          {channels, channels});
-  strip_row(stride, kernel, out, out_cols - kEdge, out_cols, rows, in_cols, channels, w);
+    (kernel == 5 ? dense_row<acc_t, 2, 5> : dense_row<acc_t, 2, 3>)(out, pixels, rows, w, out_ps);
 }
 
 // Zeroed scratch of n values, kept per thread and slot across calls: a fresh allocation of
@@ -550,12 +471,10 @@ class TaskQueue {
 
 // -- channels_last in place -------------------------------------------------------------------
 // A channels_last tensor whose channels fill whole blocks (fp32, fp64) is written where it
-// lies, and, when its planes are large (!plane_fits), read where it lies too: a pixel's kBlock
-// channels are whole vectors at pixel stride C, rows are contiguous, and a task that sweeps
-// rows over every channel block reads memory in order (a per-block packed copy of a large
-// plane would read it 64 bytes at a time, C values apart). Rows outside the image are skipped;
-// the few pixels whose taps cross the left or right edge go through a small zero-padded copy
-// (strip_row) or are summed tap by tap (edge_pixel).
+// lies, a pixel's kBlock channels whole vectors at pixel stride C. It is read in order, a
+// whole row of all channels at a time, into packed copies: of whole samples when the planes
+// are small (pack_sample), of the last five rows when they are large (RowRing); a per-block
+// copy would read it 64 bytes at a time, C values apart.
 
 template <typename scalar_t>
 bool in_place(const at::Tensor& t) {
@@ -580,6 +499,10 @@ bool plane_fits(int64_t H, int64_t W) {
 // sweep (13.5 against 27 GB/s); the planes of a sample (C / 16 of them, 1 MB at C = 240, 28 px)
 // are read back from the L2 and L3 caches.
 constexpr int64_t kSweepBatch = 8;
+
+// Output rows per task of a large channels_last plane (RowRing): fixed, so that the
+// backward's per-task weight-gradient partials are summed in an order fixed by the shape.
+constexpr int64_t kRowRun = 16;
 
 // Copies one channels_last row (W pixels of C channels, read in order) into the kBlock-channel
 // rows of its C / kBlock blocks: pixel w of block b at dst + b * block_stride + w * kBlock.
@@ -668,110 +591,13 @@ void weight_grad_span(Vectorized<acc_t> (&a)[5][V], const acc_t* dy, const acc_t
   }
 }
 
-// g[(kh * 5 + kw) * kBlock + c] += sum_j dy[j][c] * x_kh[j * stride + kw - 2][c] over one
-// output row, for the rows x_kh that kernel row kh reads (nullptr outside the image).
-template <typename acc_t>
-void weight_grad_row(const acc_t* dy, const acc_t* const* x, int64_t Wo, int64_t W, int64_t stride,
-                     int64_t C, acc_t* g) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t L = Vec::size(), V = kBlock / L;
-  const int64_t lo = (2 + stride - 1) / stride;                        // j * S - 2 >= 0
-  const int64_t hi = W < 3 ? -1 : std::min(Wo - 1, (W - 3) / stride);  // j * S + 2 <= W - 1
-  for (int kh = 0; kh < 5; ++kh) {
-    if (x[kh] == nullptr) continue;
-    Vec a[5][V];
-    for (int kw = 0; kw < 5; ++kw)
-      for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
-    if (hi >= lo)
-      weight_grad_span<false>(a, dy + lo * C, x[kh] + (lo * stride - 2) * C, hi - lo + 1, stride,
-                              C);
-    for (int64_t j = 0; j < Wo; ++j) {  // the edge pixels
-      if (j >= lo && j <= hi) {
-        j = hi;
-        continue;
-      }
-      for (int kw = 0; kw < 5; ++kw) {
-        const int64_t col = j * stride + kw - 2;
-        if (col < 0 || col >= W) continue;
-        for (int64_t v = 0; v < V; ++v)
-          a[kw][v] = at::vec::fmadd(Vec::loadu(dy + j * C + v * L),
-                                    Vec::loadu(x[kh] + col * C + v * L), a[kw][v]);
-      }
-    }
-    for (int kw = 0; kw < 5; ++kw)
-      for (int64_t v = 0; v < V; ++v) {
-        acc_t* gp = g + (kh * 5 + kw) * kBlock + v * L;
-        (Vec::loadu(gp) + a[kw][v]).store(gp);
-      }
-  }
-}
-
-// One row p of dx = the transposed convolution of dy, every channel block.
-template <typename acc_t>
-void input_grad_row(const acc_t* dy, acc_t* dx, int64_t p, int64_t Ho, int64_t Wo, int64_t W,
-                    int64_t C, int64_t stride, const std::vector<BlockWeight<acc_t>>& weights) {
-  const acc_t* rows[5];
-  Tap<acc_t> taps[kTaps];
-  for (int64_t b = 0, c0 = 0; c0 < C; ++b, c0 += kBlock) {
-    const BlockWeight<acc_t>& bw = weights[b];
-    acc_t* out = dx + c0;
-    if (bw.count == 0) {
-      zero_pixels(out, W, C);
-      continue;
-    }
-    if (stride == 1) {
-      // dx[p][q] = sum_{a,b} flipped[a][b] * dy[p + a - 2][q + b - 2]: a stride-1 convolution.
-      for (int a = 0; a < 5; ++a) {
-        const int64_t i = p + a - 2;
-        rows[a] = i >= 0 && i < Ho ? dy + i * Wo * C + c0 : nullptr;
-      }
-      direct_row(1, bw.kernel, out, W, rows, Wo, C, bw.flipped);
-      continue;
-    }
-    // Stride 2: dx[p][2m + e] takes the taps with kh = p and kw = e (mod 2), from dy row
-    // (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2.
-    for (int e = 0; e < 2; ++e) {
-      int count = 0;
-      int64_t min_col = 1, max_col = -1;
-      for (int k = 0; k < bw.count; ++k) {
-        const int t = bw.active[k], kh = t / 5, kw = t % 5;
-        const int64_t i = (p + 2 - kh) / 2;
-        if (((p + kh) & 1) || ((kw - e) & 1) || p + 2 - kh < 0 || i >= Ho) continue;
-        const int64_t col = (e + 2 - kw) / 2;
-        taps[count++] = {dy + i * Wo * C + c0, bw.w + t * kBlock, col};
-        min_col = std::min(min_col, col);
-        max_col = std::max(max_col, col);
-      }
-      const int64_t pixels = (W - e + 1) / 2;
-      if (count == 0) {
-        zero_pixels(out + e * C, pixels, 2 * C);
-        continue;
-      }
-      const int64_t lo = std::max<int64_t>(0, -min_col),
-                    hi = std::min(pixels - 1, Wo - 1 - max_col);
-      if (hi >= lo) {
-        Tap<acc_t> shifted[kTaps];
-        for (int k = 0; k < count; ++k)
-          shifted[k] = {taps[k].src + (lo + taps[k].col) * C, taps[k].w, 0};
-        row_sum(out + (2 * lo + e) * C, hi - lo + 1, shifted, count, {C, 2 * C});
-      }
-      for (int64_t m = 0; m < pixels; ++m) {
-        if (m >= lo && m <= hi)
-          m = hi;
-        else
-          edge_pixel(out + (2 * m + e) * C, m, 1, Wo, taps, count, C);
-      }
-    }
-  }
-}
-
 // One output row of one block, from the five packed input rows its kernel rows read; output
 // pixels out_ps apart. A skipped layer (no nonzero tap): y = 0.
 template <typename acc_t>
 void output_row(const BlockWeight<acc_t>& bw, int64_t stride, acc_t* out, int64_t Wo,
                 const acc_t* const* rows, int64_t out_ps) {
   if (bw.kernel > 0)
-    dense_row<acc_t, true>(stride, bw.kernel, out, Wo, rows, bw.w, {kBlock, out_ps});
+    dense_row(stride, bw.kernel, out, Wo, rows, bw.w, out_ps);
   else
     zero_pixels(out, Wo, out_ps);
 }
@@ -807,7 +633,6 @@ void forward_swept(const acc_t* x, acc_t* y, int64_t N, int64_t C, int64_t H, in
 template <typename acc_t>
 void forward_rows(const acc_t* x, acc_t* y, int64_t N, int64_t C, int64_t H, int64_t W,
                   int64_t stride, const std::vector<BlockWeight<acc_t>>& weights) {
-  constexpr int64_t kRowRun = 16;
   const int64_t Ho = output_size(H, stride), Wo = output_size(W, stride), ld = W + 2 * kPad;
   const int64_t runs = (Ho + kRowRun - 1) / kRowRun;
   TaskQueue tasks(N * runs);
@@ -893,48 +718,82 @@ void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy
   }
 }
 
-// One row p of dx for one packed block: the transposed convolution of the zero-padded DY
-// (padded by 2 for stride 1, by 1 for stride 2), written to out, pixels out_ps apart.
-template <typename acc_t>
-void packed_input_grad_row(const acc_t* DY, int64_t dy_ld, int64_t p, int64_t W, int64_t stride,
-                           const BlockWeight<acc_t>& bw, acc_t* out, int64_t out_ps) {
+// One row p of dx for one block: the transposed convolution of dy, whose rows are packed
+// and zero-padded by dy_pad pixels each side (2 for stride 1, 1 for stride 2): dy_row(r) is
+// row r's first (padding) pixel, a zero row for r outside the image. Written to out, pixels
+// out_ps apart.
+template <typename acc_t, typename DyRow>
+void packed_input_grad_row(const DyRow& dy_row, int64_t dy_pad, int64_t p, int64_t W,
+                           int64_t stride, const BlockWeight<acc_t>& bw, acc_t* out,
+                           int64_t out_ps) {
   if (bw.count == 0) {  // a skipped layer or unused expansion channels: dx = 0
     zero_pixels(out, W, out_ps);
     return;
   }
   if (stride == 1) {
-    // dx[p][q] = sum_{a,b} flipped[a][b] * DY[p + a][q + b]: a stride-1 convolution.
+    // dx[p][q] = sum_{a,b} flipped[a][b] * dy[p + a - 2][q + b - 2]: a stride-1 convolution.
     const acc_t* rows[5];
-    for (int a = 0; a < 5; ++a) rows[a] = DY + (p + a) * dy_ld * kBlock;
-    dense_row<acc_t, true>(1, bw.kernel, out, W, rows, bw.flipped, {kBlock, out_ps});
+    for (int a = 0; a < 5; ++a) rows[a] = dy_row(p + a - 2);
+    dense_row<acc_t>(1, bw.kernel, out, W, rows, bw.flipped, out_ps);
     return;
   }
   // Stride 2: dx[p][2m + e] takes the taps with kh = p and kw = e (mod 2), from dy row
-  // (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2 (DY offsets + 1).
+  // (p + 2 - kh) / 2 and column m + (e + 2 - kw) / 2.
   Tap<acc_t> taps[kTaps];
   for (int e = 0; e < 2; ++e) {
     int count = 0;
     for (int k = 0; k < bw.count; ++k) {
       const int t = bw.active[k], kh = t / 5, kw = t % 5;
       if (((p + kh) & 1) || ((kw - e) & 1)) continue;
-      taps[count++] = {DY + (((p + 2 - kh) / 2 + 1) * dy_ld + 1 + (e + 2 - kw) / 2) * kBlock,
+      taps[count++] = {dy_row((p + 2 - kh) / 2) + (dy_pad + (e + 2 - kw) / 2) * kBlock,
                        bw.w + t * kBlock};
     }
     const int64_t pixels = (W - e + 1) / 2;
     if (count == 0)
       zero_pixels(out + e * out_ps, pixels, 2 * out_ps);
     else
-      row_sum(out + e * out_ps, pixels, taps, count, {kBlock, 2 * out_ps});
+      row_sum(out + e * out_ps, pixels, taps, count, 2 * out_ps);
+  }
+}
+
+// The padded rows of one packed dy plane (dy_pad rows and pixels of zeros each side).
+template <typename acc_t>
+auto plane_rows(const acc_t* DY, int64_t dy_ld, int64_t dy_pad) {
+  return [=](int64_t r) { return DY + (r + dy_pad) * dy_ld * kBlock; };
+}
+
+// g[(kh * 5 + kw) * kBlock + c] += sum_j dy[j][c] * x_kh[j * stride + kw][c] over one row of
+// Wo packed dy pixels, for the packed, 2-padded x rows x_kh that kernel row kh reads (nullptr
+// outside the image): per kernel row, the 5 taps' accumulators stay in registers.
+template <typename acc_t>
+void weight_grad_row(const acc_t* dy, const acc_t* const* x, int64_t Wo, int64_t stride, acc_t* g) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size(), V = kBlock / L;
+  for (int kh = 0; kh < 5; ++kh) {
+    if (x[kh] == nullptr) continue;
+    Vec a[5][V];
+    for (int kw = 0; kw < 5; ++kw)
+      for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
+    weight_grad_span<true>(a, dy, x[kh], Wo, stride, kBlock);
+    for (int kw = 0; kw < 5; ++kw)
+      for (int64_t v = 0; v < V; ++v) {
+        acc_t* gp = g + (kh * 5 + kw) * kBlock + v * L;
+        (Vec::loadu(gp) + a[kw][v]).store(gp);
+      }
   }
 }
 
 // The backward of a channels_last tensor of whole channel blocks. The weight gradient is a
-// sum over the whole batch: the work is cut into `groups` runs fixed by the shape alone (not
-// the thread count), each run sums into its own partial, and the partials are added in
-// order, in double: deterministic. Small planes (plane_fits) go by whole samples, every block of a
-// sample packed in turn while the sample is in cache; large ones by output rows, in place,
-// each run computing the dx rows below its dy rows as soon as the dy rows they read have
-// been visited, so that dy is read from memory once.
+// sum over the whole batch: the work is cut into `groups` fixed by the shape alone (not the
+// thread count), each group sums into its own partial, and the partials are added in order,
+// in double: deterministic.
+//  * Small planes (plane_fits), a batch of kSweepBatch or more: one group per sample, packed
+//    in one sweep (pack_sample) into the planes of all its blocks.
+//  * Small planes, a smaller batch: groups of whole samples, every block of a sample packed
+//    in turn while the sample is in cache.
+//  * Large planes: one group per run of kRowRun output rows of a sample, read through two
+//    RowRings, x's and dy's: each output row's weight gradient as soon as its x rows are
+//    in, and each dx row of the run (rows [S i0, S i1)) as soon as the dy rows it reads are.
 template <typename acc_t>
 void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t N, int64_t C,
                             int64_t H, int64_t W, int64_t stride,
@@ -942,23 +801,30 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
   const int64_t Ho = output_size(H, stride), Wo = output_size(W, stride);
   const int64_t blocks = C / kBlock, per_block = kTaps * kBlock;
   const bool planes = plane_fits<acc_t>(H, W), swept = planes && N >= kSweepBatch;
-  const int64_t units = planes ? N : N * Ho;  // whole samples or output rows
-  const int64_t work = units * (planes ? Ho : 1) * Wo * C;
-  const int64_t groups =
-      swept ? N : std::clamp<int64_t>((work + 65535) / 65536, 1, std::min<int64_t>(16, units));
+  const int64_t runs = (Ho + kRowRun - 1) / kRowRun;
+  const int64_t groups = swept     ? N
+                         : !planes ? N * runs
+                                   : std::clamp<int64_t>((N * Ho * Wo * C + 65535) / 65536, 1,
+                                                         std::min<int64_t>(16, N));
   const int64_t x_ld = W + 2 * kPad, dy_pad = stride == 1 ? 2 : 1, dy_ld = Wo + 2 * dy_pad + 1;
+  const int64_t x_plane = (H + 2 * kPad) * x_ld * kBlock;
+  const int64_t dy_plane = (Ho + 2 * dy_pad) * dy_ld * kBlock;
   // [group][block][tap][lane], each group's part zeroed and filled by the thread that runs it
   const std::unique_ptr<acc_t[]> partial(new acc_t[groups * blocks * per_block]);
   TaskQueue queue(groups);
-  if (swept) {  // one group per sample
-    const int64_t x_plane = (H + 2 * kPad) * x_ld * kBlock;
-    const int64_t dy_plane = (Ho + 2 * dy_pad) * dy_ld * kBlock;
-    at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
-      acc_t* X = thread_scratch<acc_t>(0, blocks * x_plane);
-      acc_t* DY = thread_scratch<acc_t>(1, blocks * dy_plane);
-      for (int64_t n; queue.claim(n);) {
-        acc_t* part = partial.get() + n * blocks * per_block;
-        std::fill_n(part, blocks * per_block, acc_t(0));
+  at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
+    acc_t* X = thread_scratch<acc_t>(0, swept    ? blocks * x_plane
+                                        : planes ? x_plane
+                                                 : RowRing<acc_t>::size(C, x_ld));
+    acc_t* DY = thread_scratch<acc_t>(1, swept    ? blocks * dy_plane
+                                         : planes ? dy_plane
+                                                  : RowRing<acc_t>::size(C, dy_ld));
+    const acc_t* xrows[5];
+    for (int64_t g; queue.claim(g);) {
+      acc_t* part = partial.get() + g * blocks * per_block;
+      std::fill_n(part, blocks * per_block, acc_t(0));
+      if (swept) {
+        const int64_t n = g;
         pack_sample(x + n * H * W * C, H, W, C, kPad, x_ld, x_plane, X);
         pack_sample(dy + n * Ho * Wo * C, Ho, Wo, C, dy_pad, dy_ld, dy_plane, DY);
         for (int64_t b = 0; b < blocks; ++b) {
@@ -966,63 +832,64 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
           weight_grad_block(X + b * x_plane, x_ld, DYb, dy_ld, dy_pad, Ho, Wo, stride,
                             part + b * per_block);
           for (int64_t p = 0; p < H; ++p)
-            packed_input_grad_row(DYb, dy_ld, p, W, stride, weights[b],
+            packed_input_grad_row(plane_rows(DYb, dy_ld, dy_pad), dy_pad, p, W, stride, weights[b],
                                   dx + ((n * H + p) * W) * C + b * kBlock, C);
         }
-      }
-      stream_fence();
-    });
-  } else
-    at::parallel_for(0, queue.workers(), 1, [&](int64_t, int64_t) {
-      for (int64_t g; queue.claim(g);) {
-        const int64_t u0 = g * units / groups, u1 = (g + 1) * units / groups;
-        acc_t* part = partial.get() + g * blocks * per_block;
-        std::fill_n(part, blocks * per_block, acc_t(0));
-        if (planes) {
-          acc_t* X = thread_scratch<acc_t>(0, (H + 2 * kPad) * x_ld * kBlock);
-          acc_t* DY = thread_scratch<acc_t>(1, (Ho + 2 * dy_pad) * dy_ld * kBlock);
-          for (int64_t n = u0; n < u1; ++n)
-            for (int64_t b = 0; b < blocks; ++b) {
-              const int64_t c0 = b * kBlock;
-              pack(PlaneBlock<acc_t>(const_cast<acc_t*>(x) + n * H * W * C, c0, W, C), H, W, kPad,
-                   x_ld, X);
-              pack(PlaneBlock<acc_t>(const_cast<acc_t*>(dy) + n * Ho * Wo * C, c0, Wo, C), Ho, Wo,
-                   dy_pad, dy_ld, DY);
-              weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, part + b * per_block);
-              for (int64_t p = 0; p < H; ++p)
-                packed_input_grad_row(DY, dy_ld, p, W, stride, weights[b],
-                                      dx + ((n * H + p) * W) * C + c0, C);
-            }
-          continue;
-        }
-        const acc_t* xrows[5];
-        for (int64_t r = u0; r < u1;) {
-          // sample n, output rows [i0, i1); this run also owns dx rows [S i0, S i1) within H
-          const int64_t n = r / Ho, i0 = r % Ho, i1 = std::min(Ho, i0 + (u1 - r));
-          const acc_t* dyn = dy + n * Ho * Wo * C;
-          const acc_t* xn = x + n * H * W * C;
-          acc_t* dxn = dx + n * H * W * C;
-          int64_t p = stride * i0;
-          const int64_t p_end = std::min(H, stride * i1);
-          for (int64_t i = i0; i < i1; ++i) {
-            for (int64_t b = 0; b < blocks; ++b) {
-              for (int kh = 0; kh < 5; ++kh) {
-                const int64_t ih = i * stride + kh - 2;
-                xrows[kh] = ih >= 0 && ih < H ? xn + ih * W * C + b * kBlock : nullptr;
-              }
-              weight_grad_row(dyn + i * Wo * C + b * kBlock, xrows, Wo, W, stride, C,
-                              part + b * per_block);
-            }
-            for (; p < p_end && (p + 2) / stride <= i; ++p)
-              input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
+      } else if (planes) {
+        for (int64_t n = g * N / groups; n < (g + 1) * N / groups; ++n)
+          for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t c0 = b * kBlock;
+            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(x) + n * H * W * C, c0, W, C), H, W, kPad,
+                 x_ld, X);
+            pack(PlaneBlock<acc_t>(const_cast<acc_t*>(dy) + n * Ho * Wo * C, c0, Wo, C), Ho, Wo,
+                 dy_pad, dy_ld, DY);
+            weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, part + b * per_block);
+            for (int64_t p = 0; p < H; ++p)
+              packed_input_grad_row(plane_rows(DY, dy_ld, dy_pad), dy_pad, p, W, stride, weights[b],
+                                    dx + ((n * H + p) * W) * C + c0, C);
           }
-          for (; p < p_end; ++p)
-            input_grad_row(dyn, dxn + p * W * C, p, Ho, Wo, W, C, stride, weights);
-          r += i1 - i0;
+      } else {
+        // sample n, output rows [i0, i1), dx rows [p, p_end): dx row p reads dy rows
+        // ceil((p - 2) / S) to (p + 2) / S.
+        const int64_t n = g / runs, i0 = g % runs * kRowRun, i1 = std::min(Ho, i0 + kRowRun);
+        int64_t p = stride * i0;
+        const int64_t p_end = i1 == Ho ? H : stride * i1;
+        RowRing<acc_t> xin{
+            x + n * H * W * C, H, W, C, kPad, x_ld, X, std::max<int64_t>(0, i0 * stride - 2)};
+        RowRing<acc_t> dyin{dy + n * Ho * Wo * C,
+                            Ho,
+                            Wo,
+                            C,
+                            dy_pad,
+                            dy_ld,
+                            DY,
+                            std::max<int64_t>(0, (p + stride - 3) / stride)};
+        auto dx_rows = [&](int64_t last) {  // the dx rows that read no dy row past `last`
+          for (; p < p_end && (p + 2) / stride <= last; ++p) {
+            dyin.fetch((p + 2) / stride);
+            for (int64_t b = 0; b < blocks; ++b)
+              packed_input_grad_row([&](int64_t r) { return dyin.row(r, b); }, dy_pad, p, W, stride,
+                                    weights[b], dx + ((n * H + p) * W) * C + b * kBlock, C);
+          }
+        };
+        for (int64_t i = i0; i < i1; ++i) {
+          xin.fetch(i * stride + 2);
+          dyin.fetch(i);
+          for (int64_t b = 0; b < blocks; ++b) {
+            for (int kh = 0; kh < 5; ++kh) {
+              const int64_t r = i * stride + kh - 2;
+              xrows[kh] = r >= 0 && r < H ? xin.row(r, b) : nullptr;
+            }
+            weight_grad_row(dyin.row(i, b) + dy_pad * kBlock, xrows, Wo, stride,
+                            part + b * per_block);
+          }
+          dx_rows(i);
         }
+        dx_rows(Ho + 2);
       }
-      stream_fence();
-    });
+    }
+    stream_fence();
+  });
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {  // groups added in order
     std::vector<double> sum(per_block);
     for (int64_t b = begin; b < end; ++b) {
@@ -1074,7 +941,8 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
         const PlaneBlock<scalar_t> block(dx, n, c0, nc);
         PlaneWriter<scalar_t, acc_t> out(block, W, buf);
         for (int64_t p = 0; p < H; ++p) {
-          packed_input_grad_row(DY, dy_ld, p, W, stride, bw, out.row(p), out.ps());
+          packed_input_grad_row(plane_rows(DY, dy_ld, dy_pad), dy_pad, p, W, stride, bw, out.row(p),
+                                out.ps());
           out.done(p);
         }
         out.finish();
