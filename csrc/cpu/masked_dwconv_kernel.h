@@ -279,48 +279,71 @@ struct Tap {
   const acc_t* w;
 };
 
+// Output pixels per register block of dense_row and row_sum: P pixels x V vectors of accumulators,
+// as many as the vector registers hold beside one weight vector (16 registers with AVX2, 32 with
+// AVX-512): P * V independent FMA chains, well over the 8 that hide the FMA latency on two pipes. P
+// = 7 also divides the row lengths of the mnasnet stages (7, 14, 28, 56).
+template <typename acc_t>
+constexpr int kPixels = kBlock / Vectorized<acc_t>::size() == 1   ? 14
+                        : kBlock / Vectorized<acc_t>::size() == 2 ? 7
+                                                                  : 3;
+
+// Calls block(P, p) for register blocks of P pixels from p on (P an integral_constant) that
+// cover pixels [0, pixels): blocks of kPixels, the last computed again where it overlaps the
+// one before (a sum is idempotent; a tail loop is slow); a shorter row by 4 pixels (and again
+// the last 4) and, under 4, pixel by pixel.
+template <typename acc_t, typename Block>
+inline void register_blocks(int64_t pixels, const Block& block) {
+  using Wide = std::integral_constant<int, kPixels<acc_t>>;
+  using Four = std::integral_constant<int, 4>;
+  int64_t p = 0;
+  if (pixels >= Wide::value) {
+    for (; p + Wide::value <= pixels; p += Wide::value) block(Wide{}, p);
+    if (p < pixels) block(Wide{}, pixels - Wide::value);
+  } else if (pixels >= 4) {
+    for (; p + 4 <= pixels; p += 4) block(Four{}, p);
+    if (p < pixels) block(Four{}, pixels - 4);
+  } else {
+    for (; p < pixels; ++p) block(std::integral_constant<int, 1>{}, p);
+  }
+}
+
 // out[p] = sum_t w_t * src_t[p] for p in [0, pixels), kBlock lanes each, for any list of
 // taps (the stride-2 transposed convolution): input pixels kBlock values apart (packed),
-// output pixels out_ps apart. Four pixels at a time keep 4 x (kBlock / lanes) accumulators
-// in registers, and each weight vector loaded serves four pixels.
-template <typename acc_t>
-void row_sum(acc_t* out, int64_t pixels, const Tap<acc_t>* taps, int ntaps, int64_t out_ps) {
+// output pixels out_ps apart. Register blocks of P pixels keep P x (kBlock / lanes)
+// accumulators in registers, and each weight vector loaded serves P pixels.
+template <typename acc_t, int P>
+inline void sum_block(acc_t* out, int64_t p, const Tap<acc_t>* taps, int ntaps, int64_t out_ps,
+                      bool stream) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
-  const bool stream = streamable(out, out_ps);
-  auto four = [&](int64_t p) {
-    Vec a[4][V];
-    for (int jj = 0; jj < 4; ++jj)
-      for (int64_t v = 0; v < V; ++v) a[jj][v] = Vec(0);
-    for (int t = 0; t < ntaps; ++t) {
-      const acc_t* x = taps[t].src + p * kBlock;
+  Vec a[P][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < P; ++j)
 #pragma GCC unroll 4
-      for (int64_t v = 0; v < V; ++v) {
-        const Vec w = Vec::loadu(taps[t].w + v * L);
+    for (int64_t v = 0; v < V; ++v) a[j][v] = Vec(0);
+  for (int t = 0; t < ntaps; ++t) {
+    const acc_t* x = taps[t].src + p * kBlock;
 #pragma GCC unroll 4
-        for (int jj = 0; jj < 4; ++jj)
-          a[jj][v] = at::vec::fmadd(w, Vec::loadu(x + jj * kBlock + v * L), a[jj][v]);
-      }
+    for (int64_t v = 0; v < V; ++v) {
+      const Vec w = Vec::loadu(taps[t].w + v * L);
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j)
+        a[j][v] = at::vec::fmadd(w, Vec::loadu(x + j * kBlock + v * L), a[j][v]);
     }
-    for (int jj = 0; jj < 4; ++jj)
-      for (int64_t v = 0; v < V; ++v) store_out(out + (p + jj) * out_ps + v * L, a[jj][v], stream);
-  };
-  int64_t p = 0;
-  for (; p + 4 <= pixels; p += 4) four(p);
-  if (p == pixels) return;
-  if (pixels >= 4) {  // the last four pixels again: a sum is idempotent
-    four(pixels - 4);
-    return;
   }
-  for (; p < pixels; ++p) {
-    Vec a[V];
-    for (int64_t v = 0; v < V; ++v) a[v] = Vec(0);
-    for (int t = 0; t < ntaps; ++t)
-      for (int64_t v = 0; v < V; ++v)
-        a[v] = at::vec::fmadd(Vec::loadu(taps[t].w + v * L),
-                              Vec::loadu(taps[t].src + p * kBlock + v * L), a[v]);
-    for (int64_t v = 0; v < V; ++v) a[v].store(out + p * out_ps + v * L);
-  }
+#pragma GCC unroll 16
+  for (int j = 0; j < P; ++j)
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < V; ++v) store_out(out + (p + j) * out_ps + v * L, a[j][v], stream);
+}
+
+template <typename acc_t>
+void row_sum(acc_t* out, int64_t pixels, const Tap<acc_t>* taps, int ntaps, int64_t out_ps) {
+  const bool stream = streamable(out, out_ps);
+  register_blocks<acc_t>(pixels, [&](auto pixels_per_block, int64_t p) {
+    sum_block<acc_t, decltype(pixels_per_block)::value>(out, p, taps, ntaps, out_ps, stream);
+  });
 }
 
 // The effective weight of one channel block, tap-major: w[t * kBlock + c], zero past the
@@ -351,15 +374,6 @@ struct BlockWeight {
     kernel = count == 0 ? 0 : outer ? 5 : 3;
   }
 };
-
-// Output pixels per register block of dense_row: P pixels x V vectors of accumulators, as
-// many as the vector registers hold beside one weight vector (16 registers with AVX2, 32
-// with AVX-512): P * V independent FMA chains, well over the 8 that hide the FMA latency on
-// two pipes. P = 7 also divides the row lengths of the mnasnet stages (7, 14, 28, 56).
-template <typename acc_t>
-constexpr int kPixels = kBlock / Vectorized<acc_t>::size() == 1   ? 14
-                        : kBlock / Vectorized<acc_t>::size() == 2 ? 7
-                                                                  : 3;
 
 // out[p + j] for j < P: one register block of dense_row. Every product reads its input
 // from memory (an operand of the FMA) and each weight vector loaded serves all P pixels.
@@ -402,29 +416,14 @@ inline void dense_block(acc_t* out, int64_t p, const acc_t* const* rows, const a
 
 // out[p] = sum_{kh, kw < K} w[kh][kw] * rows[kh][p * S + kw] (K = 3: the inner taps), kBlock
 // lanes per pixel, for a K x K kernel centred in the 5x5 one, from packed, zero-padded
-// input rows (pixels kBlock values apart); output pixels out_ps apart. Register blocks of
-// kPixels pixels; a row that is not a whole number of blocks computes its last block again
-// where it overlaps the one before (a sum is idempotent; a tail loop is slow), a shorter row
-// goes by 4 pixels (and again the last 4) and, under 4, pixel by pixel.
+// input rows (pixels kBlock values apart); output pixels out_ps apart.
 template <typename acc_t, int S, int K>
 void dense_row(acc_t* out, int64_t pixels, const acc_t* const* rows, const acc_t* w,
                int64_t out_ps) {
   const bool stream = streamable(out, out_ps);
-  auto block = [&](auto pixels_per_block, int64_t p) {
+  register_blocks<acc_t>(pixels, [&](auto pixels_per_block, int64_t p) {
     dense_block<acc_t, S, K, decltype(pixels_per_block)::value>(out, p, rows, w, out_ps, stream);
-  };
-  using Wide = std::integral_constant<int, kPixels<acc_t>>;
-  using Four = std::integral_constant<int, 4>;
-  int64_t p = 0;
-  if (pixels >= Wide::value) {
-    for (; p + Wide::value <= pixels; p += Wide::value) block(Wide{}, p);
-    if (p < pixels) block(Wide{}, pixels - Wide::value);
-  } else if (pixels >= 4) {
-    for (; p + 4 <= pixels; p += 4) block(Four{}, p);
-    if (p < pixels) block(Four{}, pixels - 4);
-  } else {
-    for (; p < pixels; ++p) block(std::integral_constant<int, 1>{}, p);
-  }
+  });
 }
 
 // dense_row for a run-time stride (1 or 2) and kernel extent (3 or 5).
