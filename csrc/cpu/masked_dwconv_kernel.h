@@ -482,7 +482,7 @@ bool in_place(const at::Tensor& t) {
 }
 
 // Whether one block's zero-padded plane is small enough to pack whole and work on from the
-// L2 cache (planes up to 28 x 28 in fp32); larger ones are streamed row by row in place.
+// L2 cache (planes up to 28 x 28 in fp32); larger ones go row by row through RowRings.
 template <typename acc_t>
 bool plane_fits(int64_t H, int64_t W) {
   constexpr int64_t kLimit = 128 * 1024;
