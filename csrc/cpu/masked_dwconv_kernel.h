@@ -227,22 +227,21 @@ struct PlaneWriter {
   }
 };
 
-// Streaming stores: an output (of dense_row or row_sum) whose pixels lie at least kStreamBytes
-// apart (channels_last with C >= 128 fp32 channels) is
-// written past the caches, so that a store does not first read the line it fills (there,
-// every pixel's line is a cache miss of its own: the pixels of one channel block are C values
-// apart). Measured on the development machine (2-core Zen 3 VM, batch 32, in-process A/B):
-// with the 7-pixel blocks, forward 1.2x-1.35x and backward 1.15x faster at C = 480 (14 px)
-// and C = 1152 (7 px), about even at C = 240 (28 px); the stride-2 dx rows of the 112 px
-// stage (C = 96, pixels 2 C apart) 1.3x faster on reused memory (none on freshly mapped
-// memory, whose pages the kernel has just zeroed). Threads that may have streamed end their
-// share of a parallel_for with stream_fence().
-constexpr int64_t kStreamBytes = 512;
-
+// Streaming stores: a channels_last output written in place (pixels C values apart, C a
+// multiple of kBlock and at least 2 kBlock: a packed scratch row, pixels kBlock apart, is read
+// back at once and never streams) is written past the caches, so that a store does not first
+// read the line it fills (every pixel's line is a cache miss of its own: the pixels of one
+// channel block are C values apart). Measured on the development machine (2-core Zen 3 VM,
+// batch 32 fp32, in-process A/B): with C >= 128 streamed already, streaming from C = 32 on made
+// the forward 1.12x-1.2x and the backward 1.0x-1.4x faster at C = 32, 48, 64 and 96 (28 to 112
+// px); C = 16 gained 1.03x-1.05x and is not streamed. Earlier, at C = 480 (14 px) and 1152
+// (7 px): forward 1.2x-1.35x, backward 1.15x. (An output small enough to stay in cache for the
+// next op is pushed to memory instead: a few hundred KB, read back in tens of microseconds.)
+// Threads that may have streamed end their share of a parallel_for with stream_fence().
 template <typename acc_t>
 bool streamable(const acc_t* out, int64_t pixel_stride) {
-  return pixel_stride * static_cast<int64_t>(sizeof(acc_t)) >= kStreamBytes &&
-         pixel_stride % kBlock == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  return pixel_stride >= 2 * kBlock && pixel_stride % kBlock == 0 &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0;
 }
 
 // v.store(p), past the caches when `stream` (p then 64-byte aligned) and the instruction set
