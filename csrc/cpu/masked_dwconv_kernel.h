@@ -323,6 +323,11 @@ inline void sum_block(acc_t* out, int64_t p, const Tap<acc_t>* taps, int ntaps, 
     for (int64_t v = 0; v < V; ++v) a[j][v] = Vec(0);
   for (int t = 0; t < ntaps; ++t) {
     const acc_t* x = taps[t].src + p * kBlock;
+    // Opaque to the optimizer: otherwise it keeps p * kBlock + j * kBlock in one register per
+    // load (constant over the taps), more than there are, and reloads them from the stack.
+#if defined(__GNUC__)
+    asm("" : "+r"(x));
+#endif
 #pragma GCC unroll 4
     for (int64_t v = 0; v < V; ++v) {
       const Vec w = Vec::loadu(taps[t].w + v * L);
