@@ -3,8 +3,8 @@
 // spnas::cpu::<CPU_CAPABILITY>; masked_dwconv_cpu.cpp picks one at run time.
 //
 // Layout of the work. Channels are processed in blocks of 16 (one vector or two or four,
-// by instruction set); every sum is register-blocked over several output pixels (kPixels,
-// dense_row; four in the stride-2 transposed convolution, row_sum) and the nonzero taps only
+// by instruction set); every sum is register-blocked over several output pixels (kPixels:
+// dense_row, and row_sum for the stride-2 transposed convolution) and the nonzero taps only
 // (the inner 3x3 when d_kernel = 0, none for a skipped layer or unused expansion channels).
 // Every sum reads packed copies of its inputs: zero-padded images of 16-channel pixels in the
 // accumulation type (converting dtype and memory format on the way: NCHW fp32 by 16x16
