@@ -573,27 +573,6 @@ void zero_pixels(acc_t* out, int64_t pixels, int64_t step) {
   for (int64_t p = 0; p < pixels; ++p) std::fill_n(out + p * step, kBlock, acc_t(0));
 }
 
-// a[kw] += sum_{j < count} dy[j] * x[j * stride + kw], kBlock lanes per pixel as V vectors, for
-// the 5 taps of one kernel row; pixels are kBlock values apart when Packed, ps apart otherwise.
-// The 5 x V accumulators stay in registers.
-template <bool Packed, typename acc_t, int64_t V>
-void weight_grad_span(Vectorized<acc_t> (&a)[5][V], const acc_t* dy, const acc_t* x, int64_t count,
-                      int64_t stride, int64_t ps) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t L = Vec::size();
-  const int64_t p = Packed ? kBlock : ps;
-  for (int64_t j = 0; j < count; ++j) {
-    const acc_t* xj = x + j * stride * p;
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < V; ++v) {
-      const Vec d = Vec::loadu(dy + j * p + v * L);
-#pragma GCC unroll 5
-      for (int kw = 0; kw < 5; ++kw)
-        a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * p + v * L), a[kw][v]);
-    }
-  }
-}
-
 // One output row of one block, from the five packed input rows its kernel rows read; output
 // pixels out_ps apart. A skipped layer (no nonzero tap): y = 0.
 template <typename acc_t>
@@ -697,21 +676,34 @@ void forward_typed(const at::Tensor& x, at::Tensor& y, int64_t stride, const dou
   });
 }
 
-// g[t * kBlock + c] += sum_{i,j} dy[i][j][c] * X[i*stride + kh][j*stride + kw][c]: the gradient
-// of the effective weight for one packed block. Per kernel row, the 5 taps' accumulators
-// stay in registers over the whole plane; their sums are then added to g, vector by vector.
-template <typename acc_t>
-void weight_grad_block(const acc_t* X, int64_t x_ld, const acc_t* DY, int64_t dy_ld, int64_t dy_pad,
-                       int64_t Ho, int64_t Wo, int64_t stride, acc_t* g) {
+// g[t * kBlock + c] += sum_{i,j} dy[i][j][c] * x[i*stride + kh - 2][j*stride + kw - 2][c] over
+// output rows [i0, i1): the gradient of the effective weight for one block. x_row(r) is the
+// first (padding) pixel of the packed image row r, padded by 2 pixels each side, a zero row
+// or nullptr outside the image; dy_row(i) that of dy row i, padded by dy_pad. Per kernel row, the 5
+// taps' accumulators stay in registers over all the rows; their sums are then added to g.
+template <typename acc_t, typename XRow, typename DyRow>
+void weight_grad_rows(const XRow& x_row, const DyRow& dy_row, int64_t dy_pad, int64_t i0,
+                      int64_t i1, int64_t Wo, int64_t stride, acc_t* g) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t L = Vec::size(), V = kBlock / L;
   for (int kh = 0; kh < 5; ++kh) {
     Vec a[5][V];  // 5 taps x V vectors of independent accumulators
     for (int kw = 0; kw < 5; ++kw)
       for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
-    for (int64_t i = 0; i < Ho; ++i) {
-      const acc_t* dy = DY + ((i + dy_pad) * dy_ld + dy_pad) * kBlock;
-      weight_grad_span<true>(a, dy, X + (i * stride + kh) * x_ld * kBlock, Wo, stride, kBlock);
+    for (int64_t i = i0; i < i1; ++i) {
+      const acc_t* dy = dy_row(i) + dy_pad * kBlock;
+      const acc_t* x = x_row(i * stride + kh - 2);
+      if (x == nullptr) continue;  // a row of zeros
+      for (int64_t j = 0; j < Wo; ++j) {
+        const acc_t* xj = x + j * stride * kBlock;
+#pragma GCC unroll 4
+        for (int64_t v = 0; v < V; ++v) {
+          const Vec d = Vec::loadu(dy + j * kBlock + v * L);
+#pragma GCC unroll 5
+          for (int kw = 0; kw < 5; ++kw)
+            a[kw][v] = at::vec::fmadd(d, Vec::loadu(xj + kw * kBlock + v * L), a[kw][v]);
+        }
+      }
     }
     for (int kw = 0; kw < 5; ++kw)
       for (int64_t v = 0; v < V; ++v) {
@@ -759,31 +751,11 @@ void packed_input_grad_row(const DyRow& dy_row, int64_t dy_pad, int64_t p, int64
   }
 }
 
-// The padded rows of one packed dy plane (dy_pad rows and pixels of zeros each side).
+// The rows of one packed plane, padded by `pad` rows and pixels of zeros each side: row r's
+// first (padding) pixel.
 template <typename acc_t>
-auto plane_rows(const acc_t* DY, int64_t dy_ld, int64_t dy_pad) {
-  return [=](int64_t r) { return DY + (r + dy_pad) * dy_ld * kBlock; };
-}
-
-// g[(kh * 5 + kw) * kBlock + c] += sum_j dy[j][c] * x_kh[j * stride + kw][c] over one row of
-// Wo packed dy pixels, for the packed, 2-padded x rows x_kh that kernel row kh reads (nullptr
-// outside the image): per kernel row, the 5 taps' accumulators stay in registers.
-template <typename acc_t>
-void weight_grad_row(const acc_t* dy, const acc_t* const* x, int64_t Wo, int64_t stride, acc_t* g) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t L = Vec::size(), V = kBlock / L;
-  for (int kh = 0; kh < 5; ++kh) {
-    if (x[kh] == nullptr) continue;
-    Vec a[5][V];
-    for (int kw = 0; kw < 5; ++kw)
-      for (int64_t v = 0; v < V; ++v) a[kw][v] = Vec(0);
-    weight_grad_span<true>(a, dy, x[kh], Wo, stride, kBlock);
-    for (int kw = 0; kw < 5; ++kw)
-      for (int64_t v = 0; v < V; ++v) {
-        acc_t* gp = g + (kh * 5 + kw) * kBlock + v * L;
-        (Vec::loadu(gp) + a[kw][v]).store(gp);
-      }
-  }
+auto plane_rows(const acc_t* plane, int64_t ld, int64_t pad) {
+  return [=](int64_t r) { return plane + (r + pad) * ld * kBlock; };
 }
 
 // The backward of a channels_last tensor of whole channel blocks. The weight gradient is a
@@ -822,7 +794,6 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
     acc_t* DY = thread_scratch<acc_t>(1, swept    ? blocks * dy_plane
                                          : planes ? dy_plane
                                                   : RowRing<acc_t>::size(C, dy_ld));
-    const acc_t* xrows[5];
     for (int64_t g; queue.claim(g);) {
       acc_t* part = partial.get() + g * blocks * per_block;
       std::fill_n(part, blocks * per_block, acc_t(0));
@@ -832,8 +803,8 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
         pack_sample(dy + n * Ho * Wo * C, Ho, Wo, C, dy_pad, dy_ld, dy_plane, DY);
         for (int64_t b = 0; b < blocks; ++b) {
           const acc_t* DYb = DY + b * dy_plane;
-          weight_grad_block(X + b * x_plane, x_ld, DYb, dy_ld, dy_pad, Ho, Wo, stride,
-                            part + b * per_block);
+          weight_grad_rows(plane_rows(X + b * x_plane, x_ld, kPad), plane_rows(DYb, dy_ld, dy_pad),
+                           dy_pad, 0, Ho, Wo, stride, part + b * per_block);
           for (int64_t p = 0; p < H; ++p)
             packed_input_grad_row(plane_rows(DYb, dy_ld, dy_pad), dy_pad, p, W, stride, weights[b],
                                   dx + ((n * H + p) * W) * C + b * kBlock, C);
@@ -846,7 +817,8 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
                  x_ld, X);
             pack(PlaneBlock<acc_t>(const_cast<acc_t*>(dy) + n * Ho * Wo * C, c0, Wo, C), Ho, Wo,
                  dy_pad, dy_ld, DY);
-            weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, part + b * per_block);
+            weight_grad_rows(plane_rows(X, x_ld, kPad), plane_rows(DY, dy_ld, dy_pad), dy_pad, 0,
+                             Ho, Wo, stride, part + b * per_block);
             for (int64_t p = 0; p < H; ++p)
               packed_input_grad_row(plane_rows(DY, dy_ld, dy_pad), dy_pad, p, W, stride, weights[b],
                                     dx + ((n * H + p) * W) * C + c0, C);
@@ -859,14 +831,8 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
         const int64_t p_end = i1 == Ho ? H : stride * i1;
         RowRing<acc_t> xin{
             x + n * H * W * C, H, W, C, kPad, x_ld, X, std::max<int64_t>(0, i0 * stride - 2)};
-        RowRing<acc_t> dyin{dy + n * Ho * Wo * C,
-                            Ho,
-                            Wo,
-                            C,
-                            dy_pad,
-                            dy_ld,
-                            DY,
-                            std::max<int64_t>(0, (p + stride - 3) / stride)};
+        const int64_t dy_first = std::max<int64_t>(0, (p + stride - 3) / stride);
+        RowRing<acc_t> dyin{dy + n * Ho * Wo * C, Ho, Wo, C, dy_pad, dy_ld, DY, dy_first};
         auto dx_rows = [&](int64_t last) {  // the dx rows that read no dy row past `last`
           for (; p < p_end && (p + 2) / stride <= last; ++p) {
             dyin.fetch((p + 2) / stride);
@@ -878,14 +844,10 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
         for (int64_t i = i0; i < i1; ++i) {
           xin.fetch(i * stride + 2);
           dyin.fetch(i);
-          for (int64_t b = 0; b < blocks; ++b) {
-            for (int kh = 0; kh < 5; ++kh) {
-              const int64_t r = i * stride + kh - 2;
-              xrows[kh] = r >= 0 && r < H ? xin.row(r, b) : nullptr;
-            }
-            weight_grad_row(dyin.row(i, b) + dy_pad * kBlock, xrows, Wo, stride,
-                            part + b * per_block);
-          }
+          for (int64_t b = 0; b < blocks; ++b)
+            weight_grad_rows([&](int64_t r) { return r >= 0 && r < H ? xin.row(r, b) : nullptr; },
+                             [&](int64_t r) { return dyin.row(r, b); }, dy_pad, i, i + 1, Wo,
+                             stride, part + b * per_block);
           dx_rows(i);
         }
         dx_rows(Ho + 2);
@@ -939,7 +901,8 @@ void backward_typed(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, i
         pack(PlaneBlock<scalar_t>(x, n, c0, nc), H, W, kPad, x_ld, X);
         pack(PlaneBlock<scalar_t>(dy, n, c0, nc), Ho, Wo, dy_pad, dy_ld, DY);
         std::fill_n(plane_sum, kTaps * kBlock, acc_t(0));
-        weight_grad_block(X, x_ld, DY, dy_ld, dy_pad, Ho, Wo, stride, plane_sum);
+        weight_grad_rows(plane_rows(X, x_ld, kPad), plane_rows(DY, dy_ld, dy_pad), dy_pad, 0, Ho,
+                         Wo, stride, plane_sum);
         for (int64_t k = 0; k < kTaps * kBlock; ++k) g[k] += plane_sum[k];
         const PlaneBlock<scalar_t> block(dx, n, c0, nc);
         PlaneWriter<scalar_t, acc_t> out(block, W, buf);
