@@ -14,12 +14,13 @@
 //    rows out through a PlaneWriter (in place for channels_last).
 //  * channels_last fp32/fp64 of whole channel blocks, read in order, a whole row of all
 //    channels at a time: a batch of kSweepBatch samples or more of small planes packs all
-//    blocks of a sample in one sweep (pack_sample), one task per sample; large planes go
+//    blocks of a sample in one sweep (pack_sample), one task per sample (per kSweepGroup
+//    samples in the backward); large planes go
 //    through rings of the last five packed rows of every block (RowRing), one task per run
 //    of kRowRun output rows. Outputs are written in place.
 // The backward reads x and dy once from memory and yields dx and dL/dw_eff. dL/dw_eff is
 // summed in a fixed order whatever the thread count (no atomics): per channel block over
-// the batch (by blocks), or per sample or run of rows with partials added in order
+// the batch (by blocks), or per group of samples or run of rows with partials added in order
 // (channels_last). dx is a gather over dy with the effective weight.
 #pragma once
 
@@ -502,6 +503,11 @@ bool plane_fits(int64_t H, int64_t W) {
 // sweep (13.5 against 27 GB/s); the planes of a sample (C / 16 of them, 1 MB at C = 240, 28 px)
 // are read back from the L2 and L3 caches.
 constexpr int64_t kSweepBatch = 8;
+// Swept samples per backward task, summed into one weight-gradient partial: two halve the
+// partials to zero, write and add up (C x 25 values per group: 3.7 MB at 7 px, C = 1152, one
+// per sample), 1.05x on that backward (in-process A/B); four left the two threads unevenly
+// loaded at the end.
+constexpr int64_t kSweepGroup = 2;
 
 // Output rows per task of a large channels_last plane (RowRing): fixed, so that the
 // backward's per-task weight-gradient partials are summed in an order fixed by the shape.
@@ -762,8 +768,8 @@ auto plane_rows(const acc_t* plane, int64_t ld, int64_t pad) {
 // sum over the whole batch: the work is cut into `groups` fixed by the shape alone (not the
 // thread count), each group sums into its own partial, and the partials are added in order,
 // in double: deterministic.
-//  * Small planes (plane_fits), a batch of kSweepBatch or more: one group per sample, packed
-//    in one sweep (pack_sample) into the planes of all its blocks.
+//  * Small planes (plane_fits), a batch of kSweepBatch or more: one group per kSweepGroup
+//    samples, each packed in one sweep (pack_sample) into the planes of all its blocks.
 //  * Small planes, a smaller batch: groups of whole samples, every block of a sample packed
 //    in turn while the sample is in cache.
 //  * Large planes: one group per run of kRowRun output rows of a sample, read through two
@@ -777,7 +783,7 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
   const int64_t blocks = C / kBlock, per_block = kTaps * kBlock;
   const bool planes = plane_fits<acc_t>(H, W), swept = planes && N >= kSweepBatch;
   const int64_t runs = (Ho + kRowRun - 1) / kRowRun;
-  const int64_t groups = swept     ? N
+  const int64_t groups = swept     ? (N + kSweepGroup - 1) / kSweepGroup
                          : !planes ? N * runs
                                    : std::clamp<int64_t>((N * Ho * Wo * C + 65535) / 65536, 1,
                                                          std::min<int64_t>(16, N));
@@ -797,19 +803,21 @@ void backward_channels_last(const acc_t* dy, const acc_t* x, acc_t* dx, int64_t 
     for (int64_t g; queue.claim(g);) {
       acc_t* part = partial.get() + g * blocks * per_block;
       std::fill_n(part, blocks * per_block, acc_t(0));
-      if (swept) {
-        const int64_t n = g;
-        pack_sample(x + n * H * W * C, H, W, C, kPad, x_ld, x_plane, X);
-        pack_sample(dy + n * Ho * Wo * C, Ho, Wo, C, dy_pad, dy_ld, dy_plane, DY);
-        for (int64_t b = 0; b < blocks; ++b) {
-          const acc_t* DYb = DY + b * dy_plane;
-          weight_grad_rows(plane_rows(X + b * x_plane, x_ld, kPad), plane_rows(DYb, dy_ld, dy_pad),
-                           dy_pad, 0, Ho, Wo, stride, part + b * per_block);
-          for (int64_t p = 0; p < H; ++p)
-            packed_input_grad_row(plane_rows(DYb, dy_ld, dy_pad), dy_pad, p, W, stride, weights[b],
-                                  dx + ((n * H + p) * W) * C + b * kBlock, C);
+      if (swept)
+        for (int64_t n = g * kSweepGroup; n < std::min(N, (g + 1) * kSweepGroup); ++n) {
+          pack_sample(x + n * H * W * C, H, W, C, kPad, x_ld, x_plane, X);
+          pack_sample(dy + n * Ho * Wo * C, Ho, Wo, C, dy_pad, dy_ld, dy_plane, DY);
+          for (int64_t b = 0; b < blocks; ++b) {
+            const acc_t* DYb = DY + b * dy_plane;
+            weight_grad_rows(plane_rows(X + b * x_plane, x_ld, kPad),
+                             plane_rows(DYb, dy_ld, dy_pad), dy_pad, 0, Ho, Wo, stride,
+                             part + b * per_block);
+            for (int64_t p = 0; p < H; ++p)
+              packed_input_grad_row(plane_rows(DYb, dy_ld, dy_pad), dy_pad, p, W, stride,
+                                    weights[b], dx + ((n * H + p) * W) * C + b * kBlock, C);
+          }
         }
-      } else if (planes) {
+      else if (planes) {
         for (int64_t n = g * N / groups; n < (g + 1) * N / groups; ++n)
           for (int64_t b = 0; b < blocks; ++b) {
             const int64_t c0 = b * kBlock;
