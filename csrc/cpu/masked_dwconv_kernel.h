@@ -503,10 +503,10 @@ bool plane_fits(int64_t H, int64_t W) {
 // sweep (13.5 against 27 GB/s); the planes of a sample (C / 16 of them, 1 MB at C = 240, 28 px)
 // are read back from the L2 and L3 caches.
 constexpr int64_t kSweepBatch = 8;
-// Swept samples per backward task, summed into one weight-gradient partial: two halve the
-// partials to zero, write and add up (C x 25 values per group: 3.7 MB at 7 px, C = 1152, one
-// per sample), 1.05x on that backward (in-process A/B); four left the two threads unevenly
-// loaded at the end.
+// Swept samples per backward task, summed into one weight-gradient partial of C x 25 values.
+// Two instead of one halve the partials to zero, write and add up (with one per sample: 3.7 MB
+// at 7 px, C = 1152, batch 32): 1.05x on that backward (in-process A/B); four left the two
+// threads unevenly loaded at the end.
 constexpr int64_t kSweepGroup = 2;
 
 // Output rows per task of a large channels_last plane (RowRing): fixed, so that the
@@ -537,14 +537,14 @@ void pack_sample(const acc_t* src, int64_t H, int64_t W, int64_t C, int64_t pad,
     scatter_row(src + h * W * C, W, C, plane, dst + ((h + pad) * ld + pad) * kBlock);
 }
 
-// The forward of a large channels_last plane reads it row by row, all C channels of a row in
-// order, into a ring of the last five rows of every block, packed and zero-padded: every tap
-// of dense_row is then an unchecked load of whole vectors (no edge pixels to treat apart, as
-// direct_row must) from rings that stay in the L2 cache (5 x (W + 4) x 64 bytes per block).
-// Row r of block b is `ld` pixels of kBlock values,
-// `pad` zero pixels each side, at buf + (b * 5 + r % 5) * ld * kBlock; rows outside the image
-// read as zeros. buf holds (C / kBlock * 5 + 1) * ld * kBlock zeroed values (the last row
-// stays zero); rows are packed in order from row `packed` on, as fetch() asks for them.
+// A large channels_last plane (x, or dy in the backward) is read row by row, all C channels
+// of a row in order, into a ring of the last five rows of every block, packed and
+// zero-padded: every tap is then an unchecked load of whole vectors (no edge pixels to treat
+// apart) from rings that stay in the L2 cache (5 x ld x 64 bytes per block). Row r of block b
+// is `ld` pixels of kBlock values, `pad` zero pixels each side, at buf + (b * 5 + r % 5) * ld *
+// kBlock; rows outside the image read as zeros. buf holds (C / kBlock * 5 + 1) * ld * kBlock zeroed
+// values (the last row stays zero); rows are packed in order from row `packed` on, as fetch() asks
+// for them.
 template <typename acc_t>
 struct RowRing {
   const acc_t* src;  // the sample: rows x W pixels x C channels

@@ -25,9 +25,10 @@ SHAPES = [  # (N, C, H, W): odd, tiny and non-square planes, 1x1 included
     # multiple of 16, along the flattened plane otherwise) and the channels_last fast paths
     (1, 16, 5, 32),
     (2, 48, 11, 19),
-    (1, 32, 45, 61),  # a plane too large to pack whole: channels_last streamed row by row
-    (1, 16, 260, 6),  # the same with rows too short for in-place interiors
-    (2, 144, 10, 7),  # pixels >= 512 bytes apart (fp32): channels_last written by streaming stores
+    (1, 32, 45, 61),  # a plane too large to pack whole: channels_last through row rings
+    (1, 16, 260, 6),  # the same, many runs of rows, rows shorter than a register block
+    (2, 48, 50, 45),  # the same, two samples, three blocks, streamed channels_last output
+    (2, 144, 10, 7),  # channels_last written by streaming stores (pixels >= 32 values apart)
     (1, 64, 8, 15),  # the same in fp64; rows of whole register blocks and a block computed again
     # batches of 8 or more: channels_last small planes packed a whole sample at a time
     (8, 32, 9, 11),
