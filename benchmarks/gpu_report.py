@@ -108,6 +108,10 @@ def check_backend(backend, device, shapes, seed=1234):
 class Timer:
     def __init__(self, device):
         self.device = device
+        # Written before every timed run, so that no run finds its inputs in the L2 cache
+        # left there by the previous one (the 7 and 14 px layers fit in it): 256 MiB is over
+        # four times the L2 of an H100 (50 MB) or H200 (60 MB).
+        self.flush = torch.empty(1 << 26, device=device) if device == "cuda" else None
 
     def __call__(self, fn, inputs, warmup, reps):
         """Median seconds of fn(inputs[i % len]) over `reps` runs after `warmup` runs."""
@@ -117,6 +121,7 @@ class Timer:
         for i in range(reps):
             args = inputs[i % len(inputs)]
             if self.device == "cuda":
+                self.flush.zero_()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
                 fn(args)
@@ -150,7 +155,7 @@ def op_bytes(shape, dtype, backward):
     return fwd + (2 * x + y) * size if backward else fwd
 
 
-def time_shape(shape, dtype, layout, device, backends, timer, warmup, reps, rotate):
+def time_shape(shape, dtype, layout, device, backends, timer, warmup, reps, rotate, compiled=None):
     stride = shape[3]
     sets = [make_inputs(shape, dtype, layout, device, seed) for seed in range(rotate)]
     fixed = sets[0][1].detach().clone()
@@ -184,17 +189,110 @@ def time_shape(shape, dtype, layout, device, backends, timer, warmup, reps, rota
     for name in backends:
         out[name] = {"fwd": timer(forward(name), sets, warmup, reps),
                      "fwd_bwd": timer(forward_backward(name), sets, warmup, reps)}
+    if compiled is not None and compiled.seconds_left() > 0:
+        out["compiled_reference"] = compiled.time(sets, stride, dtype, timer, warmup, reps)
     out["conv2d"] = {"fwd": timer(conv(False), sets, warmup, reps),
                      "fwd_bwd": timer(conv(True), sets, warmup, reps)}
     return out
 
 
+class CompiledReference:
+    """torch.compile of the reference op (Inductor fuses the (C, 25) mask math), timed while a
+    compile-time budget lasts; the compile seconds are recorded, not timed."""
+
+    def __init__(self, budget_s):
+        self.deadline = time.perf_counter() + budget_s
+        self.fn = torch.compile(spnas_ops.reference.masked_dwconv, dynamic=False)
+        self.compile_seconds = 0.0
+
+    def seconds_left(self):
+        return self.deadline - time.perf_counter()
+
+    def time(self, sets, stride, dtype, timer, warmup, reps):
+        grad_d = torch.ones(3, device=sets[0][0].device, dtype=dtype)
+        scale = torch.ones(3, device=sets[0][0].device, dtype=dtype)
+
+        def forward(a):
+            with torch.no_grad():
+                self.fn(a[0], a[1], a[2], scale, stride, True)
+
+        def forward_backward(a):
+            x, w, t = (v.detach().requires_grad_() for v in a[:3])
+            y, d = self.fn(x, w, t, scale, stride, True)
+            torch.autograd.backward([y, d], [a[3], grad_d])
+
+        result = {}
+        for kind, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
+            t0 = time.perf_counter()
+            try:
+                fn(sets[0])
+            except Exception as err:  # a compiler failure is a finding, not a crash
+                result[kind] = None
+                result[f"{kind}_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                continue
+            self.compile_seconds += time.perf_counter() - t0
+            result[kind] = timer(fn, sets, warmup, reps)
+        return result
+
+
 # --- report ---------------------------------------------------------------------------------
+
+def save(report, out_path):
+    """Atomic JSON write, after every shape too: a run cut short keeps what it measured."""
+    if not out_path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, out_path)
+
+
+def print_report(report, backends):
+    bandwidth = report["copy_bandwidth_bytes_per_s"]
+    failed = [c for c in report["checks"] if not c["ok"]]
+    print(f"# superkernel op on {report['device']}, torch {report['torch']}: "
+          f"copy bandwidth {bandwidth / 1e9:.0f} GB/s (read + write)")
+    print(f"checks against the fp64/fp32 oracle: {len(report['checks']) - len(failed)}/"
+          f"{len(report['checks'])} passed")
+    for c in failed:
+        print(f"  FAILED {c['backend']} {c['shape']} {c['layout']} {c['dtype']} {c['output']}: "
+              f"error {c['max_error']:.3g} (PyTorch {c['torch_error']:.3g}), NaN={c['nan']}")
+    print("\nms = median per call; x ref = speed-up over the eager reference; "
+          "floor = memory floor time / ours (1.0 = at the floor)\n")
+    print("| N,C,H,s | dtype | layout | pass | " + " | ".join(
+        f"{b} ms | x ref | floor" for b in backends)
+        + " | compiled ref ms | conv2d ms | ref ms |")
+    print("|" + "---|" * (4 + 3 * len(backends) + 3))
+    worst = {b: [float("inf"), float("inf")] for b in backends}
+    for t in report["timings"]:
+        for kind in ("fwd", "fwd_bwd"):
+            sec, floor = t["seconds"], t["floor_seconds"][kind]
+            ref = sec["reference"][kind]
+            cells = []
+            for b in backends:
+                ours = sec[b][kind]
+                cells.append(f"{ours * 1e3:.3f} | {ref / ours:.2f} | {floor / ours:.2f}")
+                if kind == "fwd_bwd":
+                    worst[b] = [min(worst[b][0], ref / ours), min(worst[b][1], floor / ours)]
+            comp = sec.get("compiled_reference", {}).get(kind)
+            comp = f"{comp * 1e3:.3f}" if comp else "-"
+            print(f"| {','.join(map(str, t['shape']))} | {t['dtype']} | {t['layout']} | {kind} | "
+                  + " | ".join(cells)
+                  + f" | {comp} | {sec['conv2d'][kind] * 1e3:.3f} | {ref * 1e3:.3f} |")
+    print()
+    for b, (speedup, floor) in worst.items():
+        print(f"{b}: fwd+bwd worst case {speedup:.2f}x the eager reference (target >= 2), "
+              f"{floor:.0%} of the memory floor's speed (target >= 60%)")
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--compile-budget", type=float, default=90.0, metavar="SECONDS",
+                        help="time torch.compile of the reference while its compiles have taken "
+                             "less than this (0: skip it; default 90)")
     parser.add_argument("--out", default=None, help="JSON results file "
                         "(default: $OUT/gpu_report.json when OUT is set)")
     args = parser.parse_args(argv)
@@ -207,7 +305,7 @@ def main(argv=None):
     have = spnas_ops.available_backends()
     backends = [b for b in (("cuda", "triton") if device == "cuda" else ("cpu",)) if b in have]
     shapes = QUICK_STAGES if args.quick else STAGES
-    warmup, reps, rotate = (2, 5, 2) if args.quick else (10, 50, 4)
+    warmup, reps, rotate = (2, 5, 2) if args.quick else (5, 30, 3)
     if device == "cpu":
         shapes = [(2, c, h // 2, s) for (_, c, h, s) in QUICK_STAGES]
     timer = Timer(device)
@@ -218,48 +316,28 @@ def main(argv=None):
     check_shapes = [(2, c, min(h, 16), s) for (_, c, h, s) in shapes]
     for backend in backends:
         report["checks"] += check_backend(backend, device, check_shapes)
-    failed = [c for c in report["checks"] if not c["ok"]]
+    save(report, out_path)
 
-    bandwidth = copy_bandwidth(device, timer, args.quick)
-    report["copy_bandwidth_bytes_per_s"] = bandwidth
+    report["copy_bandwidth_bytes_per_s"] = bandwidth = copy_bandwidth(device, timer, args.quick)
+    compiled = CompiledReference(args.compile_budget) if args.compile_budget > 0 else None
     for shape in shapes:
         for dtype_name, dtype in DTYPES.items():
             for layout in LAYOUTS:
                 times = time_shape(shape, dtype, layout, device, ["reference", *backends],
-                                   timer, warmup, reps, rotate)
+                                   timer, warmup, reps, rotate, compiled)
                 floor = {"fwd": op_bytes(shape, dtype, False) / bandwidth,
                          "fwd_bwd": op_bytes(shape, dtype, True) / bandwidth}
                 report["timings"].append(dict(shape=list(shape), dtype=dtype_name,
                                               layout=layout, seconds=times, floor_seconds=floor))
-
-    print(f"# superkernel op on {report['device']}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
-    print(f"checks: {len(report['checks']) - len(failed)}/{len(report['checks'])} passed")
-    for c in failed:
-        print(f"  FAILED {c['backend']} {c['shape']} {c['layout']} {c['dtype']} {c['output']}: "
-              f"error {c['max_error']:.3g} (PyTorch {c['torch_error']:.3g}), NaN={c['nan']}")
-    print()
-    print("| N,C,H,s | dtype | layout | pass | " + " | ".join(
-        f"{b} ms | {b}/ref | {b}/floor" for b in backends) + " | conv2d ms | ref ms |")
-    print("|" + "---|" * (4 + 3 * len(backends) + 2))
-    for t in report["timings"]:
-        for kind in ("fwd", "fwd_bwd"):
-            sec, floor = t["seconds"], t["floor_seconds"][kind]
-            ref = sec["reference"][kind]
-            cells = []
-            for b in backends:
-                ours = sec[b][kind]
-                cells.append(f"{ours * 1e3:.3f} | {ours / ref:.2f} | {ours / floor:.2f}")
-            print(f"| {','.join(map(str, t['shape']))} | {t['dtype']} | {t['layout']} | {kind} | "
-                  + " | ".join(cells) + f" | {sec['conv2d'][kind] * 1e3:.3f} | {ref * 1e3:.3f} |")
-
+                save(report, out_path)
+        print(f"  timed {shape}", file=sys.stderr, flush=True)
+    if compiled is not None:
+        report["compile_seconds"] = compiled.compile_seconds
+    save(report, out_path)
+    print_report(report, backends)
     if out_path:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        tmp = out_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, out_path)
         print(f"\nfull figures: {out_path}")
-    return 1 if failed else 0
+    return 1 if any(not c["ok"] for c in report["checks"]) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: build against its torch, run the op tests there (CUDA and
+# compiled Triton backends; the CPU kernels at that CPU's best instruction set), then
+# benchmarks/gpu_report.py (the op) and benchmarks/bench_supernet.py (the search step).
+# Logs and JSON go to $OUT (at most 8 files come back); a summary table is printed last.
+#
+#   bash benchmarks/gpu_check.sh                 # on the GPU machine (device tool: run)
+#   bash benchmarks/gpu_check.sh --device cpu    # dry run here: same stages, CPU sizes
+#
+# Each stage has its own time limit, and a stage is skipped once fewer than 30 s are left of
+# GPU_CHECK_SECONDS (default 420), so the summary always prints within the device call.
+set -u
+device=cuda
+[ "${1:-}" = "--device" ] && device=${2:-cuda}
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+budget=${GPU_CHECK_SECONDS:-420}
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+export SPNAS_CUDA_ARCHITECTURES=${SPNAS_CUDA_ARCHITECTURES:-90}  # H100 and H200 are sm_90
+py=python3
+summary="$OUT/summary.txt"
+: > "$summary"
+
+stage() {  # stage NAME LIMIT_SECONDS COMMAND...: log to $OUT/NAME.log, one line to the summary
+  local name=$1 limit=$2 left=$((budget - SECONDS))
+  shift 2
+  if [ "$left" -lt 30 ]; then
+    echo "$name: skipped, ${left}s left" >> "$summary"
+    return 1
+  fi
+  [ "$limit" -gt "$((left - 10))" ] && limit=$((left - 10))
+  local t0=$SECONDS rc
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc in $((SECONDS - t0))s (limit ${limit}s)" >> "$summary"
+  return $rc
+}
+
+{
+  echo "# machine"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1
+  grep -m1 "model name" /proc/cpuinfo
+  echo "AVX-512 flags: $(grep -m1 -o 'avx512[a-z]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  $py -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+  $py -c "import triton; print('triton', triton.__version__)" 2>&1
+} > "$OUT/machine.log" 2>&1
+
+if [ "$device" = cuda ]; then
+  stage build 200 $py -m pip install --no-build-isolation --no-deps -e . || { cat "$summary"; tail -40 "$OUT/build.log"; exit 1; }
+  $py -c "import spnas_ops; print('backends:', spnas_ops.available_backends())" >> "$OUT/machine.log" 2>&1
+  # -n 8: the CPU tests spread over the cores; the GPU tests share the one GPU.
+  stage tests 120 $py -m pytest -q -p no:cacheprovider -n 8 -rfs tests/spnas_ops
+  stage gpu_report 150 $py benchmarks/gpu_report.py --compile-budget 40
+  stage bench_supernet 120 $py benchmarks/bench_supernet.py --device cuda --batch 128 \
+    --repeats 5 --search-steps 50 --loader-images 1024
+else
+  stage tests 300 $py -m pytest -q -p no:cacheprovider tests/spnas_ops
+  stage gpu_report 200 $py benchmarks/gpu_report.py --device cpu --quick --compile-budget 20
+  stage bench_supernet 200 $py benchmarks/bench_supernet.py --quick
+fi
+
+echo
+cat "$OUT/machine.log"
+for name in tests gpu_report bench_supernet; do
+  [ -f "$OUT/$name.log" ] || continue
+  echo
+  echo "## $name (last lines of $name.log)"
+  case $name in
+    tests) grep -E "passed|failed|FAILED|Error" "$OUT/tests.log" | tail -25 ;;
+    gpu_report) grep -vE "^  timed" "$OUT/gpu_report.log" | tail -60 ;;
+    bench_supernet) grep -vE "^  timed" "$OUT/bench_supernet.log" | tail -45 ;;
+  esac
+done
+echo
+echo "## stages"
+cat "$summary"
