@@ -47,8 +47,8 @@ from spnas.space import SPNASNET_100
 
 IMAGENET_IMAGES = 1_281_167
 SEARCH_EPOCHS = 8
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+DTYPES = {"bf16": torch.bfloat16, "fp32": None}
 
 
 class Clock:
@@ -104,8 +104,8 @@ def networks(device: torch.device, classes: int, width: float) -> dict:
     return nets
 
 
-def time_steps(args, device, clock) -> list[dict]:
-    rows = []
+def time_steps(args, device, clock, rows: list, save) -> None:
+    """Appends one row per network, dtype and layout to `rows`, saving after each group."""
     for layout, fmt in LAYOUTS.items():
         if layout not in args.layouts:
             continue
@@ -130,9 +130,10 @@ def time_steps(args, device, clock) -> list[dict]:
             for name, ts in times.items():
                 rows.append(dict(network=name, dtype=dtype_name, layout=layout,
                                  median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts)))
-            print(f"  timed {dtype_name} {layout}", file=sys.stderr, flush=True)
+                print(f"  {name}, {dtype_name}, {layout}: {statistics.median(ts) * 1e3:.1f} ms",
+                      file=sys.stderr, flush=True)
+            save()
         del models
-    return rows
 
 
 def search_loop(args, device, clock, dtype, fmt, backend):
@@ -171,7 +172,7 @@ def search_loop(args, device, clock, dtype, fmt, backend):
 
 
 CATEGORIES = (  # first match wins; names of ATen ops and device kernels, lower case
-    ("superkernel op", ("spnas", "superkernel", "masked_dwconv")),
+    ("superkernel op", ("spnas", "superkernel", "masked_dwconv", "sum_partials")),
     ("depthwise conv (plain)", ("depthwise", "conv_depthwise")),
     ("1x1 / stem convs (cuDNN, GEMM)", ("conv", "cudnn", "gemm", "mm", "xmma", "sm90", "cutlass")),
     ("batch norm", ("batch_norm", "bn_", "batchnorm")),
@@ -248,9 +249,13 @@ def main(argv=None) -> int:
     p.add_argument("--width-mult", type=float, default=1.0)
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16")
-    p.add_argument("--layouts", default="nchw,channels_last", help="comma list of nchw, channels_last")
+    p.add_argument("--dtypes", default="bf16,fp32", help="comma list of fp32, bf16")
+    p.add_argument("--layouts", default="channels_last,nchw", help="comma list of nchw, channels_last")
     p.add_argument("--search-steps", type=int, default=100, help="steps of the timed search loop")
+    p.add_argument("--loop-dtype", choices=tuple(DTYPES),
+                   help="precision of the search loop (default: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--loop-layout", choices=tuple(LAYOUTS), default="channels_last",
+                   help="memory format of the search loop (default channels_last)")
     p.add_argument("--profile-steps", type=int, default=5, help="profiled search steps (0: none)")
     p.add_argument("--loader-images", type=int, default=1024, help="synthetic JPEGs for the loader")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
@@ -284,25 +289,31 @@ def main(argv=None) -> int:
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report = {"device": card, "torch": torch.__version__, "args": vars(args)}
 
-    report["steps"] = time_steps(args, device, clock)
+    def save():  # after every part: a run cut short keeps what it measured
+        if out_path:
+            os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+            with open(out_path + ".tmp", "w") as f:
+                json.dump(report, f, indent=1)
+            os.replace(out_path + ".tmp", out_path)
+
     fused = "cuda" if device.type == "cuda" else "cpu"
     if fused not in spnas_ops.available_backends():
         fused = "reference"
-    best = min((r for r in report["steps"] if r["network"] == f"supernet, fused op ({fused})"),
-               key=lambda r: r["median_s"], default=None)
-    dtype_name, layout = (best["dtype"], best["layout"]) if best else ("fp32", "nchw")
+    dtype_name = args.loop_dtype or ("bf16" if device.type == "cuda" else "fp32")
+    layout = args.loop_layout
     loop_ips, profile = search_loop(args, device, clock, DTYPES[dtype_name], LAYOUTS[layout], fused)
     report["search_loop"] = {"images_per_s": loop_ips, "dtype": dtype_name, "layout": layout,
                              "op_backend": fused, "profile": profile}
+    save()
     report["loader_images_per_s"] = loader_ips = (
         loader_throughput(args) if args.loader_images >= args.batch else None)
     ips = min(loop_ips, loader_ips or float("inf"))
     report["projected_hours_8_epochs"] = hours = SEARCH_EPOCHS * IMAGENET_IMAGES / ips / 3600
-    if out_path:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        with open(out_path + ".tmp", "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(out_path + ".tmp", out_path)
+    print(f"search loop {loop_ips:.0f} images/s, loader {loader_ips or 0:.0f} images/s: "
+          f"{hours:.2f} device-hours for 8 ImageNet epochs", file=sys.stderr, flush=True)
+    report["steps"] = []
+    save()
+    time_steps(args, device, clock, report["steps"], save)
 
     print(f"\n# Supernet training step on {card}, torch {torch.__version__}: batch {args.batch}, "
           f"{args.image_size} px, width x{args.width_mult}, median of {args.repeats} interleaved rounds\n")

@@ -46,13 +46,16 @@ stage() {  # stage NAME LIMIT_SECONDS COMMAND...: log to $OUT/NAME.log, one line
 } > "$OUT/machine.log" 2>&1
 
 if [ "$device" = cuda ]; then
-  stage build 200 $py -m pip install --no-build-isolation --no-deps -e . || { cat "$summary"; tail -40 "$OUT/build.log"; exit 1; }
+  stage build 150 $py -m pip install --no-build-isolation --no-deps -e . || { cat "$summary"; tail -40 "$OUT/build.log"; exit 1; }
   $py -c "import spnas_ops; print('backends:', spnas_ops.available_backends())" >> "$OUT/machine.log" 2>&1
-  # -n 8: the CPU tests spread over the cores; the GPU tests share the one GPU.
-  stage tests 120 $py -m pytest -q -p no:cacheprovider -n 8 -rfs tests/spnas_ops
-  stage gpu_report 150 $py benchmarks/gpu_report.py --compile-budget 40
+  # The GPU backends' tests; -n 8 spreads them (and Triton's compiles) over the cores. The CPU
+  # op tests (tests/spnas_ops/test_masked_dwconv.py) run with GPU_CHECK_CPU_TESTS=1.
+  tests="tests/spnas_ops/test_cuda.py tests/spnas_ops/test_triton.py"
+  [ "${GPU_CHECK_CPU_TESTS:-0}" = 1 ] && tests=tests/spnas_ops
+  stage tests 90 $py -m pytest -q -p no:cacheprovider -n 8 -rfs $tests
+  stage gpu_report 130 $py benchmarks/gpu_report.py --compile-budget 25
   stage bench_supernet 120 $py benchmarks/bench_supernet.py --device cuda --batch 128 \
-    --repeats 5 --search-steps 50 --loader-images 1024
+    --repeats 3 --search-steps 30 --profile-steps 3 --loader-images 512
 else
   stage tests 300 $py -m pytest -q -p no:cacheprovider tests/spnas_ops
   stage gpu_report 200 $py benchmarks/gpu_report.py --device cpu --quick --compile-budget 20
