@@ -208,13 +208,16 @@ class CompiledReference:
 
     def __init__(self, budget_s):
         self.budget = budget_s
-        self.fn = torch.compile(spnas_ops.reference.masked_dwconv, dynamic=False)
         self.compile_seconds = 0.0
 
     def seconds_left(self):
         return self.budget - self.compile_seconds
 
     def time(self, sets, stride, dtype, timer, warmup, reps):
+        # A fresh compile per problem: one compiled function would reach Dynamo's recompile
+        # limit after a few shapes and quietly fall back to eager.
+        torch._dynamo.reset()
+        self.fn = torch.compile(spnas_ops.reference.masked_dwconv, dynamic=False)
         grad_d = torch.ones(3, device=sets[0][0].device, dtype=dtype)
         scale = torch.ones(3, device=sets[0][0].device, dtype=dtype)
 
