@@ -315,6 +315,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
 
     interrupted = False
     started = time.time()
+    val_acc = None  # of the last epoch: the found choices in the supernet's EMA weights
     with StopFlag() as stop:
         while steps_done < total_steps and not interrupted:
             batches = epoch_batches(len(split.train), cfg.batch_size, d, cfg.seed, steps_per_epoch,
@@ -389,21 +390,28 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
         arch.save(os.path.join(run_dir, ARCH), **extra)
     d.barrier()
     d.say(out, format_result(arch, cfg.runtime_model, predicted, os.path.join(run_dir, ARCH),
-                               seconds=time.time() - started))
+                               seconds=time.time() - started, val_acc=val_acc, target_ms=cfg.target_ms))
     return {"run_dir": run_dir, "finished": True, "step": steps_done, "arch": arch,
-            "predicted_ms": predicted, "decisions": net.hard_decisions(),
+            "predicted_ms": predicted, "val_acc": val_acc, "decisions": net.hard_decisions(),
             "thresholds": torch.stack([t.detach().cpu() for t in net.thresholds()])}
 
 
 def format_result(arch, model_name: str, predicted: float, path: str | None = None,
-                  seconds: float | None = None) -> str:
+                  seconds: float | None = None, val_acc: float | None = None,
+                  target_ms: float | None = None) -> str:
     lines = [f"found architecture ({arch.space.name}): {' '.join(arch.ops)}"]
     for i, stage in enumerate(arch.block_strings()):
         lines.append(f"  stage {i}: {', '.join(stage)}")
     label = "Pixel 1" if model_name == "pixel1" else model_name
-    lines.append(f"predicted latency ({label}): {predicted:.2f} ms")
+    budget = ""
+    if target_ms:
+        budget = f" (budget {target_ms:g} ms: {'met' if predicted <= target_ms else 'exceeded'})"
+    lines.append(f"predicted latency ({label}): {predicted:.2f} ms{budget}")
     if model_name != "pixel1" and arch.space.name == "mnasnet":
         lines.append(f"predicted latency (Pixel 1): {RuntimeModel.preset('pixel1').predict(arch):.2f} ms")
+    if val_acc is not None:
+        lines.append(f"validation accuracy: {100 * val_acc:.2f}% (the supernet's EMA weights with "
+                     f"these choices; train the child for its own accuracy: spnas train)")
     if path:
         lines.append(f"wrote {path}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
     return "\n".join(lines)

@@ -140,7 +140,10 @@ def progress_bar(enabled: bool, total: int, initial: int, desc: str):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+    # Into a log file or a pipe, a bar redrawn ten times a second is thousands of lines.
+    every = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
+                dynamic_ncols=True, mininterval=every)
 
 
 def decay_parameters(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -127,8 +127,10 @@ def _export(args: argparse.Namespace) -> int:
 # -- profile --------------------------------------------------------------------------------------
 
 def _profile(args: argparse.Namespace) -> int:
+    from ..space import get_space
     from .profile import profile
 
+    get_space(args.space)  # a mistake in the arguments is reported before a missing runtime
     benchmark = _make_benchmark(args)
     profile(
         space=args.space,
@@ -149,8 +151,10 @@ def _profile(args: argparse.Namespace) -> int:
 # -- validate -------------------------------------------------------------------------------------
 
 def _validate(args: argparse.Namespace) -> int:
+    from ..runtime import RuntimeModel
     from .validate import validate
 
+    RuntimeModel.resolve(args.model)  # a mistake in the arguments is reported first
     benchmark = _make_benchmark(args)
     report = validate(
         model_path=args.model,
