@@ -37,10 +37,13 @@ from .runtime import FORMULAS, RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
 from .training import (
+    MEMORY_FORMATS,
     METRICS,
+    PRECISIONS,
     Dist,
     MetricsLog,
     StopFlag,
+    autocast,
     close_loop,
     data_parallel,
     decay_parameters,
@@ -48,6 +51,7 @@ from .training import (
     evaluate,
     fresh_run_dir,
     load_checkpoint,
+    memory_format,
     progress_bar,
     restore,
 )
@@ -101,6 +105,8 @@ class SearchConfig:
     steps_per_epoch: int | None = None  # cap (None: the whole training split)
     seed: int = 0
     device: str = "auto"
+    memory_format: str = "auto"         # auto = channels_last (training.memory_format)
+    precision: str = "fp32"             # fp32, or bf16 autocast
     log_every: int = 10
     progress: bool = True
     stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
@@ -132,6 +138,10 @@ class SearchConfig:
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps-per-epoch", "must be >= 1")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
              f"must be auto, cpu or cuda[:N], got {self.device!r}")
+        need(self.memory_format in MEMORY_FORMATS, "memory-format",
+             f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
+        need(self.precision in PRECISIONS, "precision",
+             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.op_backend not in ("auto", "reference", "cpu", "cuda", "triton"):
             raise SpnasError(f"--op-backend must be auto, reference, cpu, cuda or triton, got {self.op_backend!r}")
 
@@ -241,7 +251,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
         known = {f.name for f in dataclasses.fields(SearchConfig)}
         saved = {k: v for k, v in dict(ckpt.get("config", {})).items() if k in known}
         # The checkpoint's recipe wins; only how this process runs may change.
-        for key in ("run_dir", "progress", "stop_after_step", "workers", "device"):
+        for key in ("run_dir", "progress", "stop_after_step", "workers", "device", "memory_format"):
             saved[key] = getattr(cfg, key)
         cfg = SearchConfig(**saved)
         cfg.check()
@@ -270,7 +280,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     base_lr = cfg.lr if cfg.lr is not None else cfg.lr_per_256 * global_batch / 256
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    net = build_supernet(cfg, len(split.classes)).to(d.device)
+    fmt = memory_format(cfg.memory_format)
+    net = build_supernet(cfg, len(split.classes)).to(d.device, memory_format=fmt)
     decay_params = decay_parameters(net)
     thresholds = {id(t) for t in net.thresholds()}
     groups = [{"params": [p for p in net.parameters() if id(p) not in thresholds], "lr_mult": 1.0},
@@ -288,7 +299,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
         if ckpt is not None and "controller" in ckpt:
             controller.load_state_dict(ckpt["controller"])
     model = data_parallel(net, d)
-    eval_net = build_supernet(cfg, len(split.classes)).to(d.device) if d.main else None
+    eval_net = (build_supernet(cfg, len(split.classes)).to(d.device, memory_format=fmt)
+                if d.main else None)
 
     d.say(out, f"spnas search -> {run_dir}\n  data: {split.description}\n"
                  f"  supernet: space {space.name}, width x{cfg.width_mult}, op backend "
@@ -321,7 +333,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
             batches = epoch_batches(len(split.train), cfg.batch_size, d, cfg.seed, steps_per_epoch,
                                     steps_done)
             for x, y in datamod.loader(split.train, batches, cfg.workers):
-                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+                x = x.to(d.device, non_blocking=True, memory_format=fmt)
+                y = y.to(d.device, non_blocking=True)
                 epoch_f = steps_done / steps_per_epoch
                 lr = learning_rate(base_lr, epoch_f, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs)
                 for group in opt.param_groups:
@@ -336,8 +349,9 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                 if not searching and cfg.indicator_keep < 1:
                     scales = indicator_scales(len(net.searchable), cfg.indicator_keep, cfg.seed,
                                               steps_done).to(d.device)
-                logits = model(x, scales)
-                ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                with autocast(cfg.precision, d.device):
+                    logits = model(x, scales)
+                    ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
                 expected_ms = net.runtime(runtime, cfg.formula)
                 if searching and controller is not None:
@@ -371,7 +385,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
             # end of an epoch: evaluate the EMA weights, log the decisions, checkpoint
             if d.main:
                 eval_net.load_state_dict(ema.shadow)
-                val_acc = evaluate(eval_net, split.val, 256, d.device, cfg.workers)
+                val_acc = evaluate(eval_net, split.val, 256, d.device, cfg.workers, fmt, cfg.precision)
                 arch = net.derive()
                 log({"kind": "epoch", "step": steps_done, "epoch": steps_done // steps_per_epoch,
                      "val_acc_ema": val_acc, "latency_ms": runtime.predict(arch), "lambda": lam,

@@ -29,10 +29,13 @@ from .io import atomic_torch_save, atomic_write_json
 from .optim import EMA, RMSpropTF, learning_rate
 from .space import Architecture
 from .training import (
+    MEMORY_FORMATS,
     METRICS,
+    PRECISIONS,
     Dist,
     MetricsLog,
     StopFlag,
+    autocast,
     close_loop,
     data_parallel,
     decay_parameters,
@@ -40,6 +43,7 @@ from .training import (
     evaluate_topk,
     fresh_run_dir,
     load_checkpoint,
+    memory_format,
     progress_bar,
     restore,
     steps_per_epoch,
@@ -92,6 +96,8 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10
     progress: bool = True
+    memory_format: str = "auto"         # auto = channels_last (training.memory_format)
+    precision: str = "fp32"             # fp32, or bf16 autocast
     stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
 
     @property
@@ -113,6 +119,10 @@ class TrainConfig:
         need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, "batch-size", f"must be >= 1, got {self.batch_size}")
         need(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        need(self.memory_format in MEMORY_FORMATS, "memory-format",
+             f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
+        need(self.precision in PRECISIONS, "precision",
+             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.lr_decay_epochs > 0, "lr-decay-epochs", "must be > 0")
         need(self.warmup_epochs >= 0, "warmup-epochs", "must be >= 0")
         need(0 <= self.ema_decay < 1, "ema-decay", f"must be in [0, 1), got {self.ema_decay}")
@@ -168,7 +178,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = {k: v for k, v in dict(ckpt["config"]).items() if k in known}
         # The checkpoint's recipe wins; only how this process runs may change.
-        for key in ("run_dir", "progress", "stop_after_step", "workers", "device"):
+        for key in ("run_dir", "progress", "stop_after_step", "workers", "device", "memory_format"):
             saved[key] = getattr(cfg, key)
         cfg = TrainConfig(**saved)
         saved_arch = Architecture.from_json(ckpt["arch"], where=f"{cfg.run_dir}/{CHECKPOINT}")
@@ -205,7 +215,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     base_lr = cfg.lr if cfg.lr is not None else cfg.lr_per_256 * global_batch / 256
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    net = arch.build(num_classes=num_classes, drop_rate=cfg.dropout).to(d.device)
+    fmt = memory_format(cfg.memory_format)
+    net = arch.build(num_classes=num_classes, drop_rate=cfg.dropout).to(d.device, memory_format=fmt)
     decay_params = decay_parameters(net)
     opt = RMSpropTF(net.parameters(), lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
@@ -214,7 +225,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     if ckpt is not None:
         steps_done, best = restore(ckpt, net, opt, ema, d, run_dir), dict(ckpt["best"])
     model = data_parallel(net, d)
-    eval_net = arch.build(num_classes=num_classes).to(d.device)
+    eval_net = arch.build(num_classes=num_classes).to(d.device, memory_format=fmt)
 
     d.say(out, f"spnas train -> {run_dir}\n  data: {split.description}\n"
                f"  network: {' '.join(arch.ops)} ({arch.space.name}), "
@@ -250,9 +261,11 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                 # one seed per step (and rank): augmentation and dropout replay exactly on resume
                 torch.manual_seed((cfg.seed * 1_000_003 + steps_done) * 64 + d.rank)
                 x = augment(x, cfg.augment)
-                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-                logits = model(x)
-                ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                x = x.to(d.device, non_blocking=True, memory_format=fmt)
+                y = y.to(d.device, non_blocking=True)
+                with autocast(cfg.precision, d.device):
+                    logits = model(x)
+                    ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 loss = ce + cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -274,7 +287,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                 break
             # end of an epoch: the EMA weights on the held-out split (sharded over the ranks)
             eval_net.load_state_dict(ema.shadow)
-            top1, top5 = evaluate_topk(eval_net, split.val, 256, d.device, cfg.workers, (1, 5), d)
+            top1, top5 = evaluate_topk(eval_net, split.val, 256, d.device, cfg.workers, (1, 5), d,
+                                       fmt, cfg.precision)
             epoch = steps_done // steps
             if top1 > best["top1"]:
                 best = {"top1": top1, "top5": top5, "epoch": epoch}

@@ -1,9 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from spnas import RuntimeModel, SinglePathSuperNet, SuperDepthwiseConv2d, SuperMBConv
-from spnas.space import Architecture
+from spnas.space import SPNASNET_100, Architecture
 
 torch.manual_seed(0)
 
@@ -180,3 +182,38 @@ def test_head_pools_with_keepdim_and_flattens():
     x = torch.randn(2, 8, 3, 3)
     want = head.classifier(head.conv(x).mean((2, 3)))
     assert torch.allclose(head(x), want, atol=1e-6)
+
+
+class _NchwActivations(TorchDispatchMode):
+    """Counts, per op, the 4-D outputs (more than one channel and pixel) that are not
+    channels_last: each is a layout conversion hidden somewhere in a channels_last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if (isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] > 1
+                    and t.shape[2] * t.shape[3] > 1
+                    and not t.is_contiguous(memory_format=torch.channels_last)):
+                self.found[str(func)] = self.found.get(str(func), 0) + 1
+        return out
+
+
+@pytest.mark.parametrize("network", ["supernet-cpu", "supernet-reference", "child"])
+def test_channels_last_step_has_no_layout_conversions(network):
+    if network == "child":
+        net = Architecture(list(SPNASNET_100)).build(num_classes=10, width_mult=0.25)
+    else:
+        net = SinglePathSuperNet(num_classes=10, width_mult=0.25, op_backend=network.split("-")[1])
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with _NchwActivations() as seen:
+        F.cross_entropy(net(x), torch.randint(0, 10, (4,))).backward()
+    assert seen.found == {}
+    # the check itself: an NCHW input into the same network is caught
+    with _NchwActivations() as seen:
+        net(torch.randn(4, 3, 32, 32))
+    assert seen.found

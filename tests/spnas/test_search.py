@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spnas.cli import main
+from spnas.errors import SpnasError
 from spnas.search import SearchConfig, load_checkpoint, run_search
 
 TINY = ["--width-mult", "0.25", "--image-size", "16", "--batch-size", "16", "--epochs", "3",
@@ -128,3 +129,34 @@ def test_ddp_ranks_agree(tmp_path, env, target_ms):
     assert (r0["t"] != 0).any()  # the thresholds did train
     arch = json.loads((tmp_path / "run" / "arch.json").read_text())
     assert len(arch["ops"]) == 20
+
+
+def _losses(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [r["ce"] for r in map(json.loads, f) if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("op_backend", ["reference", "cpu"])
+def test_channels_last_and_bf16_search_like_fp32_nchw(tmp_path, op_backend):
+    # The layouts and precisions change the arithmetic's rounding, not the search: the same
+    # first loss (within bf16's rounding through 20 layers), close mean losses, and the same
+    # decisions at the end under a latency term strong enough to decide. Later steps' losses
+    # drift apart even in fp32: RMSProp divides by the root of tiny squared gradients.
+    runs = {name: run_search(tiny_config(tmp_path / name, op_backend=op_backend, **extra))
+            for name, extra in {"nchw": dict(memory_format="contiguous"),
+                                "channels_last": dict(memory_format="channels_last"),
+                                "bf16": dict(memory_format="channels_last", precision="bf16")}.items()}
+    base = _losses(tmp_path / "nchw")
+    for name, result in runs.items():
+        losses = _losses(tmp_path / name)
+        assert torch.equal(result["decisions"], runs["nchw"]["decisions"]), name
+        assert abs(losses[0] - base[0]) < (1e-4 if name == "channels_last" else 0.1), name
+        assert abs(sum(losses) / len(losses) - sum(base) / len(base)) < 0.1, name
+    assert not runs["nchw"]["decisions"].all()  # the latency term switched something off
+
+
+def test_memory_format_and_precision_are_checked():
+    with pytest.raises(SpnasError, match="--precision"):
+        tiny_config("x", precision="fp16").check()
+    with pytest.raises(SpnasError, match="--memory-format"):
+        tiny_config("x", memory_format="nhwc").check()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime import FORMULAS
 from ..search import SearchConfig, run_search
+from ..training import MEMORY_FORMATS, PRECISIONS
 from . import add_run_arguments, config_from_args
 
 _D = SearchConfig()
@@ -72,8 +74,16 @@ FLAGS = (
     ("--steps-per-epoch", "steps_per_epoch", int, "cap on steps per epoch (default: whole split)"),
     ("--seed", "seed", int, "seed of every random draw (init, batches, dropout masks)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (torchrun: each rank its LOCAL_RANK GPU)"),
+    ("--memory-format", "memory_format", str,
+     "layout of the model, inputs and data: auto (channels_last, the fastest measured on the "
+     "CPU and GPU), channels_last or contiguous (NCHW)"),
+    ("--precision", "precision", str, "fp32, or bf16 (forward and loss under torch.autocast)"),
     ("--log-every", "log_every", int, "steps between metrics.jsonl records"),
 )
+
+
+# Flags with a fixed set of values (shared with commands/train.py).
+CHOICES = {"formula": FORMULAS, "memory_format": MEMORY_FORMATS, "precision": PRECISIONS}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -94,7 +104,7 @@ def register(subparsers) -> None:
             "--resume continues to the same result as an uninterrupted run."))
     for flag, field, typ, text in FLAGS:
         default = getattr(_D, field)
-        kwargs = {"choices": ("lut", "paper")} if field == "formula" else {}
+        kwargs = {"choices": CHOICES[field]} if field in CHOICES else {}
         p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
                        help=text if "default:" in text else f"{text} (default: {default})", **kwargs)
     add_run_arguments(p, "search", "runs/search")

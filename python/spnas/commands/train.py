@@ -6,13 +6,15 @@ import argparse
 
 from ..train import AUGMENTS, DEFAULTS, TrainConfig, run_train
 from . import add_run_arguments, config_from_args
+from .search import CHOICES
 from .search import FLAGS as SEARCH_FLAGS
 
 _D = TrainConfig()
 
 # Flags that mean the same in search and train keep one definition (commands/search.py).
 _SHARED = ("data", "val_fraction", "workers", "lr", "lr_per_256", "lr_decay", "rmsprop_decay", "momentum",
-           "rmsprop_eps", "label_smoothing", "steps_per_epoch", "seed", "device", "log_every")
+           "rmsprop_eps", "label_smoothing", "steps_per_epoch", "seed", "device", "memory_format",
+           "precision", "log_every")
 
 # (flag, config field, type, help). Defaults come from TrainConfig and train.DEFAULTS.
 FLAGS = tuple(f for f in SEARCH_FLAGS if f[1] in _SHARED) + (
@@ -54,8 +56,9 @@ def register(subparsers) -> None:
             "... Ctrl-C saves a checkpoint; --resume continues to the same result."))
     p.add_argument("arch", metavar="ARCH.json", nargs="?",
                    help="architecture file (from `spnas search`/`derive`); optional with --resume")
+    choices = {**CHOICES, "augment": AUGMENTS}
     for flag, field, typ, text in FLAGS:
-        kwargs = {"choices": AUGMENTS} if field == "augment" else {}
+        kwargs = {"choices": choices[field]} if field in choices else {}
         p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
                        help=f"{text} (default: {_default(field)})", **kwargs)
     add_run_arguments(p, "training", "runs/train")
