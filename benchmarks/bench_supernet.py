@@ -89,12 +89,15 @@ def make_step(model, x, y, device, dtype):
     return step
 
 
-def networks(device: torch.device, classes: int, width: float) -> dict:
+def networks(device: torch.device, classes: int, width: float, compile_: bool) -> dict:
     """name -> a function that builds the network (a fresh one per memory format)."""
     fused = [b for b in ("cpu", "cuda", "triton") if b in spnas_ops.available_backends()
              and (b == "cpu") == (device.type == "cpu")]
     nets = {f"supernet, fused op ({b})": (lambda b=b: SinglePathSuperNet(
         num_classes=classes, width_mult=width, op_backend=b)) for b in fused}
+    if compile_ and fused:
+        nets[f"supernet, fused op ({fused[0]}), torch.compile"] = lambda: torch.compile(
+            SinglePathSuperNet(num_classes=classes, width_mult=width, op_backend=fused[0]))
     nets["supernet, reference op"] = lambda: SinglePathSuperNet(
         num_classes=classes, width_mult=width, op_backend="reference")
     nets["plain network, all 5x5-e6"] = lambda: Architecture(["k5_e6"] * 20).build(
@@ -114,14 +117,17 @@ def time_steps(args, device, clock, rows: list, save) -> None:
         x = x.contiguous(memory_format=fmt)
         y = torch.randint(0, 1000, (args.batch,), device=device)
         models = {name: build().to(device, memory_format=fmt)
-                  for name, build in networks(device, 1000, args.width_mult).items()}
+                  for name, build in networks(device, 1000, args.width_mult, args.compile).items()}
         for dtype_name, dtype in DTYPES.items():
             if dtype_name not in args.dtypes:
                 continue
             steps = {name: make_step(m, x, y, device, dtype) for name, m in models.items()}
-            for step in steps.values():
-                for _ in range(args.warmup):
+            first = {}
+            for name, step in steps.items():
+                for i in range(args.warmup):
+                    t0 = time.perf_counter()
                     step()
+                    first.setdefault(name, time.perf_counter() - t0)  # compile time included
             times = {name: [] for name in steps}
             for _ in range(args.repeats):
                 for name, step in steps.items():
@@ -129,7 +135,8 @@ def time_steps(args, device, clock, rows: list, save) -> None:
                         step()
             for name, ts in times.items():
                 rows.append(dict(network=name, dtype=dtype_name, layout=layout,
-                                 median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts)))
+                                 median_s=statistics.median(ts), min_s=min(ts), max_s=max(ts),
+                                 first_step_s=first.get(name)))
                 print(f"  {name}, {dtype_name}, {layout}: {statistics.median(ts) * 1e3:.1f} ms",
                       file=sys.stderr, flush=True)
             save()
@@ -239,6 +246,13 @@ def loader_throughput(args) -> float:
         return count / (time.perf_counter() - t0)
 
 
+def eager_step_s(report, row) -> float:
+    """Median step seconds of the eager fused supernet in the same dtype and layout as row."""
+    eager = row["network"].replace(", torch.compile", "")
+    return next(r["median_s"] for r in report["steps"] if r["network"] == eager
+                and r["dtype"] == row["dtype"] and r["layout"] == row["layout"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
@@ -260,6 +274,9 @@ def main(argv=None) -> int:
     p.add_argument("--loader-images", type=int, default=1024, help="synthetic JPEGs for the loader")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1),
                    help="loader processes (default: min(16, CPUs))")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the fused supernet under torch.compile (its first step, "
+                        "compile included, is reported apart)")
     p.add_argument("--threads", type=int, help="torch threads on the CPU (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
                    help="a dry run: batch 2, 64 px, 1 repeat, 3 search steps, 64 loader images")
@@ -325,6 +342,11 @@ def main(argv=None) -> int:
         print(f"| {r['network']} | {r['dtype']} | {r['layout']} | {r['median_s'] * 1e3:.1f} "
               f"({r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}) | {args.batch / r['median_s']:.0f} "
               f"| {base['median_s'] / r['median_s']:.2f}x |")
+    for r in report["steps"]:
+        if "torch.compile" in r["network"] and r.get("first_step_s"):
+            print(f"\n{r['network']}, {r['dtype']}, {r['layout']}: first step {r['first_step_s']:.1f} s "
+                  f"(compile included); each later step saves "
+                  f"{(eager_step_s(report, r) - r['median_s']):.3f} s against the eager fused supernet")
     if profile:
         print(f"\nSearch step profile ({fused} op, {dtype_name}, {layout}): wall "
               f"{profile['wall_s_per_step'] * 1e3:.1f} ms/step, device busy "

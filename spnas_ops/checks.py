@@ -38,3 +38,8 @@ def check_inputs(x: torch.Tensor, weight: torch.Tensor, thresholds: torch.Tensor
             raise TypeError(f"masked_dwconv: {name} dtype {t.dtype} does not match x dtype {x.dtype}")
         if t.device != x.device:
             raise ValueError(f"masked_dwconv: {name} is on {t.device} but x is on {x.device}")
+    # NaN thresholds would turn every decision off without a word. Checked where it is free: on
+    # CPU tensors (on a GPU it would stall the host on every call) and outside torch.compile.
+    if (thresholds.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(thresholds).all())):
+        raise ValueError(f"masked_dwconv: thresholds must be finite, got {thresholds.tolist()}")

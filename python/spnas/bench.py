@@ -33,6 +33,9 @@ import torch.nn.functional as F
 
 import spnas_ops
 
+from .commands import positive_int
+from .errors import SpnasError
+
 # The five searchable stages of the mnasnet space at 224 px: (N, C, H, stride), C = 6 * C_in
 # of each stage's first (largest) superkernel.
 STAGE_SHAPES = [(32, 96, 112, 2), (32, 144, 56, 1), (32, 240, 28, 1), (32, 480, 14, 1),
@@ -171,9 +174,8 @@ def default_backend():
 
 def main(args) -> int:
     if args.backend not in spnas_ops.available_backends():
-        print(f"spnas bench: backend {args.backend!r} is not available here "
-              f"(available: {spnas_ops.available_backends()})", file=sys.stderr)
-        return 2
+        raise SpnasError(f"--backend {args.backend!r} is not available here "
+                         f"(available: {', '.join(spnas_ops.available_backends())})")
     if args.threads:
         torch.set_num_threads(args.threads)
     kept = not args.trim_heap and keep_heap_mapped()
@@ -196,11 +198,11 @@ def register(subparsers) -> None:
     p.add_argument("--backend", default=default_backend(),
                    help="op backend to time as 'ours' (default: %(default)s)")
     p.add_argument("--layout", choices=["nchw", "channels_last", "both"], default="both")
-    p.add_argument("--shapes", type=int, nargs="+", metavar="I",
-                   help="indices into the five stage shapes (default: all)")
-    p.add_argument("--batch", type=int, help="batch size instead of 32")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--shapes", type=int, nargs="+", metavar="I", choices=range(len(STAGE_SHAPES)),
+                   help=f"indices 0-{len(STAGE_SHAPES) - 1} into the five stage shapes (default: all)")
+    p.add_argument("--batch", type=positive_int, help="batch size instead of 32")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per case (median)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of fwd+bwd")
     p.add_argument("--trim-heap", action="store_true",

@@ -22,12 +22,19 @@ def read_json(path: str, what: str):
         raise SpnasError(f"{what} {path} is not valid JSON: {err}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write: Callable[[object], None], binary: bool = False) -> None:
     """Write through `write(fileobj)` into a temp file beside `path`, fsync, then rename over it."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()

@@ -37,6 +37,9 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not train:
         raise SpnasError(f"{run_dir}/metrics.jsonl has no training records yet")
+    if "latency_ms" not in train[0]:
+        raise SpnasError(f"{run_dir} is not a search run (its metrics hold no latency); "
+                         f"spnas plot draws the runs of spnas search")
     fig, axes = plt.subplots(3, 1, figsize=(9, 10), constrained_layout=True)
     steps = [r["step"] for r in train]
     ax = axes[0]

@@ -29,22 +29,29 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import spnas_ops
+
 from . import data as datamod
 from .errors import SpnasError
-from .io import atomic_torch_save, atomic_write_json
+from .io import atomic_torch_save
 from .optim import EMA, RMSpropTF, learning_rate
 from .runtime import FORMULAS, RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
 from .training import (
+    CHECKPOINT,
     MEMORY_FORMATS,
     METRICS,
     PRECISIONS,
+    PROCESS_KNOBS,
     Dist,
     MetricsLog,
     StopFlag,
     autocast,
+    check_finite,
+    check_run_dir,
     close_loop,
+    create_run_dir,
     data_parallel,
     decay_parameters,
     epoch_batches,
@@ -54,12 +61,15 @@ from .training import (
     memory_format,
     progress_bar,
     restore,
+    resume_point,
+    truncate_metrics,
 )
 from .training import steps_per_epoch as count_steps
 
-CHECKPOINT = "checkpoint.pt"
 ARCH = "arch.json"
-CONFIG = "config.json"
+# Fewer steps than this and a search cannot learn enough to rank ops by accuracy (the built-in
+# digits take 176 with the defaults).
+MIN_STEPS = 100
 
 
 @dataclass
@@ -67,7 +77,8 @@ class SearchConfig:
     """Every knob of a search; the defaults are the paper's (epochs counted on the data given)."""
     run_dir: str | None = None          # None: runs/search, runs/search-2, ... (first free)
     data: str | None = None             # None: scikit-learn digits; else an image folder
-    image_size: int = 24                # digits are 8x8: 24 px keeps 5x5 vs 3x3 meaningful to stage 4
+    image_size: int | None = None       # None: 24 on the digits (8x8: 24 px keeps 5x5 vs 3x3
+                                        # meaningful to stage 4), 224 with --data as in train
     val_fraction: float = 0.2
     workers: int = 0
     space: str = "mnasnet"
@@ -107,6 +118,7 @@ class SearchConfig:
     device: str = "auto"
     memory_format: str = "auto"         # auto = channels_last (training.memory_format)
     precision: str = "fp32"             # fp32, or bf16 autocast
+    compile: bool = False               # the training step's model under torch.compile
     log_every: int = 10
     progress: bool = True
     stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
@@ -229,11 +241,27 @@ class LambdaController:
 
 # -- the driver --------------------------------------------------------------------------------------
 
+def check_op_backend(backend: str, device: torch.device) -> None:
+    """--op-backend: available in this build and on this device (before the run starts)."""
+    if backend in ("auto", "reference"):
+        return
+    have = spnas_ops.available_backends()
+    if backend not in have:
+        raise SpnasError(f"--op-backend {backend} is not available here (available: "
+                         f"{', '.join(have)})")
+    wanted = "cpu" if backend == "cpu" else "cuda"
+    if device.type != wanted:
+        raise SpnasError(f"--op-backend {backend} runs on {wanted} tensors, but the run's device "
+                         f"is {device.type} (--device)")
+
+
 def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
     """Run (or resume) a search. Returns a summary dict; the run folder ends with arch.json."""
     cfg.check()
     if cfg.dropout_epochs is None:
         cfg.dropout_epochs = default_dropout_epochs(cfg.data)
+    if cfg.image_size is None:
+        cfg.image_size = 224 if cfg.data else 24
     out = out or sys.stdout
     d = Dist(cfg.device)
     try:
@@ -245,13 +273,10 @@ def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
 def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     ckpt = None
     if resume:
-        if not cfg.run_dir:
-            raise SpnasError("--resume needs the run folder: spnas search --resume RUN_DIR")
-        ckpt = load_checkpoint(os.path.join(cfg.run_dir, CHECKPOINT))
+        ckpt, saved_config = resume_point(cfg.run_dir, "search")
         known = {f.name for f in dataclasses.fields(SearchConfig)}
-        saved = {k: v for k, v in dict(ckpt.get("config", {})).items() if k in known}
-        # The checkpoint's recipe wins; only how this process runs may change.
-        for key in ("run_dir", "progress", "stop_after_step", "workers", "device", "memory_format"):
+        saved = {k: v for k, v in saved_config.items() if k in known}
+        for key in PROCESS_KNOBS:  # the saved recipe wins; only how this process runs may change
             saved[key] = getattr(cfg, key)
         cfg = SearchConfig(**saved)
         cfg.check()
@@ -262,21 +287,29 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
             raise SpnasError(f"--run-dir {cfg.run_dir} already holds a search; continue it with "
                              f"--resume {cfg.run_dir} or choose another --run-dir")
     run_dir = cfg.run_dir
-    if d.main:
-        os.makedirs(run_dir, exist_ok=True)
-        atomic_write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(cfg))
-    d.barrier()
+    check_run_dir(run_dir)
 
+    # Every argument is checked before the run folder is made.
     space = get_space(cfg.space)
     runtime = RuntimeModel.resolve(cfg.runtime_model)
     if runtime.space != space.name or runtime.num_layers != space.num_layers:
         raise SpnasError(f"--model {cfg.runtime_model}: runtime model is for space {runtime.space!r} "
                          f"({runtime.num_layers} layers), the search space is {space.name!r} "
                          f"({space.num_layers} layers)")
+    check_op_backend(cfg.op_backend, d.device)
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
+    if d.main:
+        create_run_dir(run_dir, dataclasses.asdict(cfg))
+    d.barrier()
+
     global_batch = cfg.batch_size * d.world
     steps_per_epoch = count_steps(len(split.train), cfg.batch_size, d.world, cfg.steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
+    if total_steps < MIN_STEPS:
+        d.say(out, f"warning: {total_steps} steps in all ({len(split.train)} training images, global "
+                   f"batch {global_batch}, {cfg.epochs} epochs) are too few for the supernet to "
+                   f"learn; the result will follow the latency term, not accuracy (more images, "
+                   f"--epochs or a smaller --batch-size)")
     base_lr = cfg.lr if cfg.lr is not None else cfg.lr_per_256 * global_batch / 256
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -292,6 +325,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     steps_done, lam = 0, (0.0 if cfg.target_ms else cfg.lam)
     if ckpt is not None:
         steps_done, lam = restore(ckpt, net, opt, ema, d, run_dir), float(ckpt["lambda"])
+    elif resume and d.main:  # killed before its first checkpoint: start over, log included
+        truncate_metrics(os.path.join(run_dir, METRICS), 0)
     controller = None
     if cfg.target_ms:
         controller = LambdaController(cfg.target_ms, cfg.lambda_gain, cfg.lambda_adapt_rate,
@@ -299,6 +334,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
         if ckpt is not None and "controller" in ckpt:
             controller.load_state_dict(ckpt["controller"])
     model = data_parallel(net, d)
+    if cfg.compile:
+        model = torch.compile(model)
     eval_net = (build_supernet(cfg, len(split.classes)).to(d.device, memory_format=fmt)
                 if d.main else None)
 
@@ -370,6 +407,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                 arch = net.derive()
                 hard_ms = runtime.predict(arch)
                 if steps_done % cfg.log_every == 0 or steps_done == total_steps:
+                    check_finite(loss, steps_done, run_dir)
                     log({"kind": "train", "step": steps_done, "epoch": steps_done / steps_per_epoch,
                          "lr": lr, "lambda": lam_now, "ce": ce.item(), "loss": loss.item(),
                          "expected_ms": expected_ms.item(), "latency_ms": hard_ms,

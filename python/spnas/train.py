@@ -25,34 +25,38 @@ import torch.nn.functional as F
 
 from . import data as datamod
 from .errors import SpnasError
-from .io import atomic_torch_save, atomic_write_json
+from .io import atomic_torch_save
 from .optim import EMA, RMSpropTF, learning_rate
 from .space import Architecture
 from .training import (
+    CHECKPOINT,
     MEMORY_FORMATS,
     METRICS,
     PRECISIONS,
+    PROCESS_KNOBS,
     Dist,
     MetricsLog,
     StopFlag,
     autocast,
+    check_finite,
+    check_run_dir,
     close_loop,
+    create_run_dir,
     data_parallel,
     decay_parameters,
     epoch_batches,
     evaluate_topk,
     fresh_run_dir,
-    load_checkpoint,
     memory_format,
     progress_bar,
     restore,
+    resume_point,
     steps_per_epoch,
+    truncate_metrics,
 )
 
-CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"          # the best EMA weights as a bare state dict: `spnas export --weights`
 ARCH = "arch.json"
-CONFIG = "config.json"
 AUGMENTS = ("none", "crop", "flip-crop")
 
 # Knobs whose right value depends on the data. "imagenet" is the paper's recipe (any --data
@@ -98,6 +102,7 @@ class TrainConfig:
     progress: bool = True
     memory_format: str = "auto"         # auto = channels_last (training.memory_format)
     precision: str = "fp32"             # fp32, or bf16 autocast
+    compile: bool = False               # the training step's model under torch.compile
     stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
 
     @property
@@ -170,18 +175,14 @@ def run_train(arch: Architecture | str | None, cfg: TrainConfig, resume: bool = 
 def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     ckpt = None
     if resume:
-        if not cfg.run_dir:
-            raise SpnasError("--resume needs the run folder: spnas train --resume RUN_DIR")
-        ckpt = load_checkpoint(os.path.join(cfg.run_dir, CHECKPOINT))
-        if ckpt.get("format") != "spnas-train-checkpoint":
-            raise SpnasError(f"{cfg.run_dir}/{CHECKPOINT} is not a spnas train checkpoint")
+        ckpt, saved_config = resume_point(cfg.run_dir, "train")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = {k: v for k, v in dict(ckpt["config"]).items() if k in known}
-        # The checkpoint's recipe wins; only how this process runs may change.
-        for key in ("run_dir", "progress", "stop_after_step", "workers", "device", "memory_format"):
+        saved = {k: v for k, v in saved_config.items() if k in known}
+        for key in PROCESS_KNOBS:  # the saved recipe wins; only how this process runs may change
             saved[key] = getattr(cfg, key)
         cfg = TrainConfig(**saved)
-        saved_arch = Architecture.from_json(ckpt["arch"], where=f"{cfg.run_dir}/{CHECKPOINT}")
+        saved_arch = (Architecture.from_json(ckpt["arch"], where=f"{cfg.run_dir}/{CHECKPOINT}")
+                      if ckpt is not None else Architecture.load(os.path.join(cfg.run_dir, ARCH)))
         if arch is not None:
             given = Architecture.load(arch) if isinstance(arch, str) else arch
             if given != saved_arch:
@@ -201,13 +202,13 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                              f"--resume {cfg.run_dir} or choose another --run-dir")
     cfg.check()
     run_dir = cfg.run_dir
-    if d.main:
-        os.makedirs(run_dir, exist_ok=True)
-        atomic_write_json(os.path.join(run_dir, CONFIG), dataclasses.asdict(cfg))
+    check_run_dir(run_dir)
+    split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
+    if d.main:  # every argument checked: now the run folder
+        create_run_dir(run_dir, dataclasses.asdict(cfg))
         arch.save(os.path.join(run_dir, ARCH))
     d.barrier()
 
-    split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
     num_classes = len(split.classes)
     global_batch = cfg.batch_size * d.world
     steps = steps_per_epoch(len(split.train), cfg.batch_size, d.world, cfg.steps_per_epoch)
@@ -224,7 +225,11 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     steps_done, best = 0, {"top1": -1.0, "top5": -1.0, "epoch": 0}
     if ckpt is not None:
         steps_done, best = restore(ckpt, net, opt, ema, d, run_dir), dict(ckpt["best"])
+    elif resume and d.main:  # killed before its first checkpoint: start over, log included
+        truncate_metrics(os.path.join(run_dir, METRICS), 0)
     model = data_parallel(net, d)
+    if cfg.compile:
+        model = torch.compile(model)
     eval_net = arch.build(num_classes=num_classes).to(d.device, memory_format=fmt)
 
     d.say(out, f"spnas train -> {run_dir}\n  data: {split.description}\n"
@@ -273,6 +278,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                 ema.update(net)
                 steps_done += 1
                 if steps_done % cfg.log_every == 0 or steps_done == total_steps:
+                    check_finite(loss, steps_done, run_dir)
                     metrics.log({"kind": "train", "step": steps_done, "epoch": steps_done / steps,
                                  "lr": lr, "ce": ce.item(), "loss": loss.item(),
                                  "train_acc": (logits.argmax(1) == y).float().mean().item()})

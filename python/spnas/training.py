@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from . import data as datamod
 from .errors import SpnasError
-from .io import atomic_write
+from .io import atomic_write, atomic_write_json, read_json
 
 __all__ = [
     "Dist",
@@ -194,6 +194,69 @@ def load_checkpoint(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise SpnasError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+# What may change when a run is resumed: how this process runs, not the recipe.
+PROCESS_KNOBS = ("run_dir", "progress", "stop_after_step", "workers", "device", "memory_format",
+                 "compile")
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+
+
+def check_finite(loss: torch.Tensor, step: int, run_dir: str) -> None:
+    """A diverged run stops with one line; NaN weights or thresholds would otherwise turn
+    every decision off and search on without a word."""
+    if not bool(torch.isfinite(loss)):
+        raise SpnasError(f"the loss is {loss.item()} at step {step}: the run diverged (a lower "
+                         f"--lr?); {run_dir} keeps its last checkpoint")
+
+
+def check_run_dir(run_dir: str) -> None:
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise SpnasError(f"--run-dir {run_dir} is a file, not a folder")
+
+
+def remove_partial_writes(run_dir: str) -> None:
+    """Deletes the temp files of atomic writes that a killed process left in run_dir."""
+    if not os.path.isdir(run_dir):
+        return
+    for name in os.listdir(run_dir):
+        if name.startswith(".") and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(run_dir, name))
+            except OSError:
+                pass
+
+
+def create_run_dir(run_dir: str, config: dict) -> None:
+    """The run folder with its config.json, made only once every argument has been checked."""
+    os.makedirs(run_dir, exist_ok=True)
+    remove_partial_writes(run_dir)
+    atomic_write_json(os.path.join(run_dir, CONFIG), config)
+
+
+def resume_point(run_dir: str, command: str) -> tuple[dict | None, dict]:
+    """(checkpoint or None, saved config) of a `command` ("search" or "train") run to resume.
+    A run killed before its first checkpoint landed has only its config.json: it starts over
+    from it (checkpoint None) rather than failing."""
+    if not run_dir:
+        raise SpnasError(f"--resume needs the run folder: spnas {command} --resume RUN_DIR")
+    if not os.path.isdir(run_dir):
+        raise SpnasError(f"--resume {run_dir}: no such run folder")
+    remove_partial_writes(run_dir)
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        config = os.path.join(run_dir, CONFIG)
+        if not os.path.exists(config):
+            raise SpnasError(f"--resume {run_dir}: no {CHECKPOINT} and no {CONFIG}: not a spnas run")
+        return None, dict(read_json(config, "run config"))
+    ckpt = load_checkpoint(path)
+    kind = str(ckpt.get("format", "")).removeprefix("spnas-").removesuffix("-checkpoint")
+    if kind != command:
+        hint = f"; continue it with spnas {kind} --resume {run_dir}" if kind in ("search", "train") else ""
+        raise SpnasError(f"--resume {run_dir}: that is not a {command} run ({path} is a "
+                         f"{kind or 'unknown'} checkpoint){hint}")
+    return ckpt, dict(ckpt.get("config", {}))
 
 
 def steps_per_epoch(num_train: int, batch_size: int, world: int, cap: int | None) -> int:

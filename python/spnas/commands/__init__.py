@@ -5,6 +5,32 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse reports anything else in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def refuse_recipe_flags(args: argparse.Namespace, flags) -> None:
+    """With --resume the run's saved recipe wins: a recipe flag given anyway is an error, not
+    silently ignored. Only how the process runs (--device, --workers, ...) may change."""
+    if args.resume is None:
+        return
+    from ..errors import SpnasError
+    from ..training import PROCESS_KNOBS
+    given = [flag for flag, field, _, _ in flags
+             if field not in PROCESS_KNOBS and getattr(args, field) is not None]
+    if given:
+        allowed = ", ".join(flag for flag, field, _, _ in flags if field in PROCESS_KNOBS)
+        raise SpnasError(f"{', '.join(given)}: a resumed run keeps the recipe it started with "
+                         f"(only {allowed} may change); start a new run to change it")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, what: str, folder: str) -> None:
     """--run-dir, --resume, --no-progress (and the tests' hidden --stop-after-step) of a
     command that trains in a run folder."""

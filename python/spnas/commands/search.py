@@ -7,7 +7,7 @@ import argparse
 from ..runtime import FORMULAS
 from ..search import SearchConfig, run_search
 from ..training import MEMORY_FORMATS, PRECISIONS
-from . import add_run_arguments, config_from_args
+from . import add_run_arguments, config_from_args, refuse_recipe_flags
 
 _D = SearchConfig()
 
@@ -23,7 +23,8 @@ def _margin(text: str):
 FLAGS = (
     ("--data", "data", str, "image folder (ROOT/<class>/<images>, or ROOT/train + ROOT/val); "
                             "default: scikit-learn's digits, no download"),
-    ("--image-size", "image_size", int, "input resolution in pixels"),
+    ("--image-size", "image_size", int,
+     "input resolution in pixels (default: 24 on the built-in digits, 224 with --data)"),
     ("--val-fraction", "val_fraction", float, "held-out share when --data has no val/ folder"),
     ("--workers", "workers", int, "data-loading worker processes"),
     ("--space", "space", str, "search space: a name or a .json space file"),
@@ -78,6 +79,8 @@ FLAGS = (
      "layout of the model, inputs and data: auto (channels_last, the fastest measured on the "
      "CPU and GPU), channels_last or contiguous (NCHW)"),
     ("--precision", "precision", str, "fp32, or bf16 (forward and loss under torch.autocast)"),
+    ("--compile", "compile", bool, "run the training step's model under torch.compile (the first "
+                                   "steps pay the compile time)"),
     ("--log-every", "log_every", int, "steps between metrics.jsonl records"),
 )
 
@@ -86,8 +89,17 @@ FLAGS = (
 CHOICES = {"formula": FORMULAS, "memory_format": MEMORY_FORMATS, "precision": PRECISIONS}
 
 
+def argument_kind(flag: str, field: str, typ) -> dict:
+    """add_argument's keywords for a FLAGS row: a switch for bool, else a typed value."""
+    if typ is bool:
+        return {"action": "store_const", "const": True}
+    kind = {"type": typ, "metavar": flag[2:].upper()}
+    return {**kind, "choices": CHOICES[field]} if field in CHOICES else kind
+
+
 def _run(args: argparse.Namespace) -> int:
     cfg = SearchConfig()
+    refuse_recipe_flags(args, FLAGS)
     config_from_args(cfg, args, FLAGS)
     result = run_search(cfg, resume=args.resume is not None)
     return 0 if result["finished"] else 130
@@ -104,9 +116,8 @@ def register(subparsers) -> None:
             "--resume continues to the same result as an uninterrupted run."))
     for flag, field, typ, text in FLAGS:
         default = getattr(_D, field)
-        kwargs = {"choices": CHOICES[field]} if field in CHOICES else {}
-        p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
-                       help=text if "default:" in text else f"{text} (default: {default})", **kwargs)
+        p.add_argument(flag, dest=field, default=None, **argument_kind(flag, field, typ),
+                       help=text if "default:" in text else f"{text} (default: {default})")
     add_run_arguments(p, "search", "runs/search")
     p.set_defaults(func=_run)
 

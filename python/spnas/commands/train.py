@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..train import AUGMENTS, DEFAULTS, TrainConfig, run_train
-from . import add_run_arguments, config_from_args
-from .search import CHOICES
+from . import add_run_arguments, config_from_args, refuse_recipe_flags
+from .search import argument_kind
 from .search import FLAGS as SEARCH_FLAGS
 
 _D = TrainConfig()
@@ -14,7 +14,7 @@ _D = TrainConfig()
 # Flags that mean the same in search and train keep one definition (commands/search.py).
 _SHARED = ("data", "val_fraction", "workers", "lr", "lr_per_256", "lr_decay", "rmsprop_decay", "momentum",
            "rmsprop_eps", "label_smoothing", "steps_per_epoch", "seed", "device", "memory_format",
-           "precision", "log_every")
+           "precision", "compile", "log_every")
 
 # (flag, config field, type, help). Defaults come from TrainConfig and train.DEFAULTS.
 FLAGS = tuple(f for f in SEARCH_FLAGS if f[1] in _SHARED) + (
@@ -39,6 +39,7 @@ def _default(field: str) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig()
+    refuse_recipe_flags(args, FLAGS)
     config_from_args(cfg, args, FLAGS)
     result = run_train(args.arch, cfg, resume=args.resume is not None)
     return 0 if result["finished"] else 130
@@ -56,10 +57,11 @@ def register(subparsers) -> None:
             "... Ctrl-C saves a checkpoint; --resume continues to the same result."))
     p.add_argument("arch", metavar="ARCH.json", nargs="?",
                    help="architecture file (from `spnas search`/`derive`); optional with --resume")
-    choices = {**CHOICES, "augment": AUGMENTS}
     for flag, field, typ, text in FLAGS:
-        kwargs = {"choices": choices[field]} if field in choices else {}
-        p.add_argument(flag, dest=field, type=typ, default=None, metavar=flag[2:].upper(),
-                       help=f"{text} (default: {_default(field)})", **kwargs)
+        kind = argument_kind(flag, field, typ)
+        if field == "augment":
+            kind["choices"] = AUGMENTS
+        p.add_argument(flag, dest=field, default=None, **kind,
+                       help=f"{text} (default: {_default(field)})")
     add_run_arguments(p, "training", "runs/train")
     p.set_defaults(func=_run)

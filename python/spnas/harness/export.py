@@ -287,18 +287,26 @@ def export_torchscript(
     return ExportResult(path, "torchscript", shape, abs_err, rel_err, f"torch.jit {torch.__version__}")
 
 
-def load_weights(model: nn.Module, checkpoint: str) -> nn.Module:
-    """Load a checkpoint safely (weights_only) into `model`.
+def classifier_rows(checkpoint: str) -> int | None:
+    """The number of classes a checkpoint's classifier has (rows of its last 2-D
+    "classifier.weight"), or None when that cannot be read from it."""
+    try:
+        state = _state_dict(checkpoint)
+    except SpnasError:
+        return None
+    rows = [v.shape[0] for k, v in state.items() if k.endswith("classifier.weight") and v.dim() == 2]
+    return rows[-1] if rows else None
 
-    Accepts a bare state dict or a dict holding one under "ema", "model" or "state_dict" (the EMA
-    weights are the ones the paper evaluates and exports).
-    """
+
+def _state_dict(checkpoint: str) -> dict:
     if not os.path.isfile(checkpoint):
         raise SpnasError(f"--weights: no such file {checkpoint}")
     try:
         data: Any = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SpnasError(f"--weights: {checkpoint} is not a loadable weights-only checkpoint ({e})") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpnasError(f"--weights: {checkpoint} is not a loadable weights-only checkpoint "
+                         f"({reason})") from None
     if isinstance(data, dict):
         for key in ("ema", "model", "state_dict"):
             if isinstance(data.get(key), dict):
@@ -306,6 +314,16 @@ def load_weights(model: nn.Module, checkpoint: str) -> nn.Module:
                 break
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise SpnasError(f"--weights: {checkpoint} holds no state dict of tensors")
+    return data
+
+
+def load_weights(model: nn.Module, checkpoint: str) -> nn.Module:
+    """Load a checkpoint safely (weights_only) into `model`.
+
+    Accepts a bare state dict or a dict holding one under "ema", "model" or "state_dict" (the EMA
+    weights are the ones the paper evaluates and exports).
+    """
+    data = _state_dict(checkpoint)
     # DDP and torch.compile prefix parameter names; the exported network has neither.
     prefixes = ("module.", "_orig_mod.")
     cleaned = {}
