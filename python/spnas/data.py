@@ -15,8 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import arrays
 from .errors import SpnasError
 
+# Batch augmentation of search and train (--augment); the default depends on the data.
+AUGMENTS = ("none", "crop", "flip-crop")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -63,9 +66,35 @@ class FolderImages(torch.utils.data.Dataset):
 @dataclass
 class Split:
     train: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset          # carved from the training images: every choice uses it
     classes: list[str]
     description: str
+    test: torch.utils.data.Dataset | None = None  # a data set's own test split: reported, never used
+
+
+def kind(data: str | None) -> str:
+    """"digits", "small" (an in-memory array data set: IDX, CIFAR) or "folder" (images)."""
+    if data is None or data == "digits":
+        return "digits"
+    return "small" if arrays.resolve(data) is not None else "folder"
+
+
+def array_split(data: str, image_size: int, val_fraction: float, seed: int) -> Split:
+    """An array data set (arrays.py): validation carved from its training images, its test images
+    kept apart, every image resized once to image_size."""
+    folder = arrays.resolve(data)
+    (x, y), test, fmt = arrays.read(folder)
+    tr, va = _split_indices(y, val_fraction, seed)
+    images = arrays.to_size(x, image_size)
+    labels = torch.from_numpy(y)
+    names = arrays.CLASS_NAMES.get(data) or [str(c) for c in range(int(y.max()) + 1)]
+    test_set = None
+    if test is not None:
+        test_set = arrays.ArrayImages(arrays.to_size(test[0], image_size), torch.from_numpy(test[1]))
+    return Split(arrays.ArrayImages(images[tr], labels[tr]), arrays.ArrayImages(images[va], labels[va]),
+                 names, f"{data} ({fmt}, {folder}): {len(tr)} train / {len(va)} val"
+                        + (f" / {len(test_set)} test (held out)" if test_set is not None else "")
+                        + f", {image_size}px", test_set)
 
 
 def _split_indices(labels: np.ndarray, val_fraction: float, seed: int):
@@ -158,8 +187,10 @@ def load(data: str | None, image_size: int, val_fraction: float = 0.2, seed: int
         raise SpnasError(f"--image-size must be >= 8, got {image_size}")
     if not 0.0 < val_fraction < 1.0:
         raise SpnasError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-    if data is None or data == "digits":
+    if kind(data) == "digits":
         return digits(image_size, val_fraction, seed)
+    if kind(data) == "small":
+        return array_split(data, image_size, val_fraction, seed)
     return image_folder(data, image_size, val_fraction, seed)
 
 
@@ -176,3 +207,28 @@ def epoch_batches(n: int, batch: int, world: int, rank: int, seed: int, epoch: i
 
 def loader(dataset, batches: list[list[int]], workers: int = 0):
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+
+
+def augment(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Random shifted crop (reflect padding of size/8) and optional horizontal flip, per image.
+
+    Drawn from torch's global generator, which the loop seeds per step: resumable. A light stand-in
+    for the Inception crop of the authors' ImageNet pipeline, done on the batch (any device).
+    """
+    if mode == "none":
+        return x
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,)).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,)).tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if mode == "flip-crop":
+        flip = torch.rand(n) < 0.5
+        out[flip] = out[flip].flip(3)
+    return out
+
+
+def default_augment(data: str | None) -> str:
+    """none on the digits (a flipped digit is another digit or none), flip-crop on real images."""
+    return "none" if kind(data) == "digits" else "flip-crop"

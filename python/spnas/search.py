@@ -77,6 +77,7 @@ class SearchConfig:
     """Every knob of a search; the defaults are the paper's (epochs counted on the data given)."""
     run_dir: str | None = None          # None: runs/search, runs/search-2, ... (first free)
     data: str | None = None             # None: scikit-learn digits; else an image folder
+    augment: str | None = None          # None: data.default_augment (none on the digits)
     image_size: int | None = None       # None: 24 on the digits (8x8: 24 px keeps 5x5 vs 3x3
                                         # meaningful to stage 4), 224 with --data as in train
     val_fraction: float = 0.2
@@ -150,6 +151,8 @@ class SearchConfig:
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps-per-epoch", "must be >= 1")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
              f"must be auto, cpu or cuda[:N], got {self.device!r}")
+        need(self.augment is None or self.augment in datamod.AUGMENTS, "augment",
+             f"must be one of {', '.join(datamod.AUGMENTS)}, got {self.augment!r}")
         need(self.memory_format in MEMORY_FORMATS, "memory-format",
              f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
         need(self.precision in PRECISIONS, "precision",
@@ -261,7 +264,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
     if cfg.dropout_epochs is None:
         cfg.dropout_epochs = default_dropout_epochs(cfg.data)
     if cfg.image_size is None:
-        cfg.image_size = 224 if cfg.data else 24
+        cfg.image_size = {"digits": 24, "small": 32}.get(datamod.kind(cfg.data), 224)
+    if cfg.augment is None:
+        cfg.augment = datamod.default_augment(cfg.data)
     out = out or sys.stdout
     d = Dist(cfg.device)
     try:
@@ -382,6 +387,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                     # the first step of the latency phase: decisions where the losses can move them
                     net.place_thresholds(cfg.threshold_margin)
                 torch.manual_seed(cfg.seed * 1_000_003 + steps_done)
+                x = datamod.augment(x, cfg.augment)
                 scales = None
                 if not searching and cfg.indicator_keep < 1:
                     scales = indicator_scales(len(net.searchable), cfg.indicator_keep, cfg.seed,

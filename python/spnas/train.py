@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as datamod
+from .data import AUGMENTS, augment
 from .errors import SpnasError
 from .io import atomic_torch_save
 from .optim import EMA, RMSpropTF, learning_rate
@@ -57,7 +58,6 @@ from .training import (
 
 BEST = "best.pt"          # the best EMA weights as a bare state dict: `spnas export --weights`
 ARCH = "arch.json"
-AUGMENTS = ("none", "crop", "flip-crop")
 
 # Knobs whose right value depends on the data. "imagenet" is the paper's recipe (any --data
 # folder); "digits" scales its time constants to the 1437-image built-in set so that a CPU reaches
@@ -69,6 +69,9 @@ DEFAULTS = {
                      lr_decay_epochs=2.4, ema_decay=0.9999, augment="flip-crop"),
     "digits": dict(image_size=16, epochs=20, batch_size=64, warmup_epochs=1.0,
                    lr_decay_epochs=1.0, ema_decay=0.99, augment="none"),
+    # In-memory small-image sets (Fashion-MNIST, CIFAR-10): minutes per epoch on a CPU.
+    "small": dict(image_size=32, epochs=30, batch_size=128, warmup_epochs=1.0,
+                  lr_decay_epochs=1.0, ema_decay=0.999, augment="flip-crop"),
 }
 
 
@@ -107,7 +110,7 @@ class TrainConfig:
 
     @property
     def profile(self) -> str:
-        return "digits" if self.data in (None, "digits") else "imagenet"
+        return {"digits": "digits", "small": "small"}.get(datamod.kind(self.data), "imagenet")
 
     def resolve(self) -> TrainConfig:
         """A copy with every None knob taken from DEFAULTS[profile]."""
@@ -137,26 +140,6 @@ class TrainConfig:
         need(self.log_every >= 1, "log-every", "must be >= 1")
         need(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
              f"must be auto, cpu or cuda[:N], got {self.device!r}")
-
-
-def augment(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Random shifted crop (reflect padding of size/8) and optional horizontal flip, per image.
-
-    Drawn from torch's global generator, which the loop seeds per step: resumable. A light stand-in
-    for the Inception crop of the authors' ImageNet pipeline, done on the batch (any device).
-    """
-    if mode == "none":
-        return x
-    n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,)).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,)).tolist()
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    if mode == "flip-crop":
-        flip = torch.rand(n) < 0.5
-        out[flip] = out[flip].flip(3)
-    return out
 
 
 def run_train(arch: Architecture | str | None, cfg: TrainConfig, resume: bool = False, out=None) -> dict:
@@ -304,20 +287,31 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                          "val_top5_ema": top5, "best_top1": best["top1"], "lr": lr,
                          "seconds": time.time() - started})
             save()
+    test = None
+    if split.test is not None and not interrupted:
+        # once, at the end, with the weights the validation split chose
+        eval_net.load_state_dict(torch.load(os.path.join(run_dir, BEST), map_location=d.device,
+                                            weights_only=True))
+        test = evaluate_topk(eval_net, split.test, 256, d.device, cfg.workers, (1, 5), d, fmt,
+                             cfg.precision)
+        metrics.log({"kind": "test", "step": steps_done, "epoch": best["epoch"],
+                     "test_top1": test[0], "test_top5": test[1]})
     close_loop(bar, metrics, interrupted, save, d, out, "train", run_dir, steps_done, total_steps)
     if interrupted:
         return {"run_dir": run_dir, "finished": False, "step": steps_done, "best": best}
 
     best_path, arch_path = os.path.join(run_dir, BEST), os.path.join(run_dir, ARCH)
+    tested = (f"test accuracy of those weights: top-1 {test[0]:.4f}, top-5 {test[1]:.4f}\n"
+              if test else "")
     d.say(out, f"best held-out accuracy (EMA weights): top-1 {best['top1']:.4f}, top-5 "
                f"{best['top5']:.4f} at epoch {best['epoch']}/{cfg.epochs} "
-               f"({time.time() - started:.0f} s)\n"
+               f"({time.time() - started:.0f} s)\n{tested}"
                f"wrote {best_path}\n"
-               f"export it: spnas export {arch_path} --weights {best_path} --image-size "
-               f"{cfg.image_size} --num-classes {num_classes} --out model.tflite")
+               f"export it: spnas export {arch_path} --weights {best_path} --out model.tflite")
     return {"run_dir": run_dir, "finished": True, "step": steps_done, "best": best,
             "top1": top1, "top5": top5, "arch": arch, "image_size": cfg.image_size,
-            "num_classes": num_classes, "weights": best_path}
+            "num_classes": num_classes, "weights": best_path,
+            "test_top1": test[0] if test else None, "test_top5": test[1] if test else None}
 
 
 __all__ = ["AUGMENTS", "DEFAULTS", "TrainConfig", "augment", "run_train"]

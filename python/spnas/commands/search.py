@@ -6,6 +6,7 @@ import argparse
 
 from ..runtime import FORMULAS
 from ..search import SearchConfig, run_search
+from ..data import AUGMENTS
 from ..training import MEMORY_FORMATS, PRECISIONS
 from . import add_run_arguments, config_from_args, refuse_recipe_flags
 
@@ -21,10 +22,16 @@ def _margin(text: str):
 
 # (flag, config field, type, help). Defaults come from SearchConfig, the one source of truth.
 FLAGS = (
-    ("--data", "data", str, "image folder (ROOT/<class>/<images>, or ROOT/train + ROOT/val); "
-                            "default: scikit-learn's digits, no download"),
+    ("--data", "data", str, "fashion-mnist (the Debian package dataset-fashion-mnist), a folder "
+                            "of IDX files (MNIST-style) or CIFAR-10 python batches, or an image "
+                            "folder (ROOT/<class>/<images>, or ROOT/train + ROOT/val); a data "
+                            "set's test split is never used; default: scikit-learn's digits, "
+                            "no download"),
     ("--image-size", "image_size", int,
-     "input resolution in pixels (default: 24 on the built-in digits, 224 with --data)"),
+     "input resolution in pixels (default: 24 on the built-in digits, 32 for small-image sets "
+     "such as fashion-mnist, 224 for image folders)"),
+    ("--augment", "augment", str, "batch augmentation: none, crop (random shift), flip-crop "
+                                  "(+ mirror) (default: none on the digits, else flip-crop)"),
     ("--val-fraction", "val_fraction", float, "held-out share when --data has no val/ folder"),
     ("--workers", "workers", int, "data-loading worker processes"),
     ("--space", "space", str, "search space: a name or a .json space file"),
@@ -86,7 +93,8 @@ FLAGS = (
 
 
 # Flags with a fixed set of values (shared with commands/train.py).
-CHOICES = {"formula": FORMULAS, "memory_format": MEMORY_FORMATS, "precision": PRECISIONS}
+CHOICES = {"formula": FORMULAS, "memory_format": MEMORY_FORMATS, "precision": PRECISIONS,
+           "augment": AUGMENTS}
 
 
 def argument_kind(flag: str, field: str, typ) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train import AUGMENTS, DEFAULTS, TrainConfig, run_train
+from ..train import DEFAULTS, TrainConfig, run_train
 from . import add_run_arguments, config_from_args, refuse_recipe_flags
 from .search import argument_kind
 from .search import FLAGS as SEARCH_FLAGS
@@ -13,13 +13,12 @@ _D = TrainConfig()
 
 # Flags that mean the same in search and train keep one definition (commands/search.py).
 _SHARED = ("data", "val_fraction", "workers", "lr", "lr_per_256", "lr_decay", "rmsprop_decay", "momentum",
-           "rmsprop_eps", "label_smoothing", "steps_per_epoch", "seed", "device", "memory_format",
+           "rmsprop_eps", "label_smoothing", "steps_per_epoch", "seed", "device", "memory_format", "augment",
            "precision", "compile", "log_every")
 
 # (flag, config field, type, help). Defaults come from TrainConfig and train.DEFAULTS.
 FLAGS = tuple(f for f in SEARCH_FLAGS if f[1] in _SHARED) + (
     ("--image-size", "image_size", int, "input resolution in pixels"),
-    ("--augment", "augment", str, "batch augmentation: none, crop (random shift), flip-crop (+ mirror)"),
     ("--epochs", "epochs", int, "training epochs"),
     ("--batch-size", "batch_size", int, "images per process and step"),
     ("--lr-decay-epochs", "lr_decay_epochs", float, "epochs between learning-rate decays"),
@@ -33,7 +32,8 @@ FLAGS = tuple(f for f in SEARCH_FLAGS if f[1] in _SHARED) + (
 def _default(field: str) -> str:
     value = getattr(_D, field)
     if value is None and field in DEFAULTS["imagenet"]:
-        return f"{DEFAULTS['imagenet'][field]} for --data folders, {DEFAULTS['digits'][field]} for digits"
+        return (f"{DEFAULTS['imagenet'][field]} for image folders, {DEFAULTS['small'][field]} for "
+                f"small-image sets such as fashion-mnist, {DEFAULTS['digits'][field]} for digits")
     return str(value)
 
 
@@ -59,9 +59,7 @@ def register(subparsers) -> None:
                    help="architecture file (from `spnas search`/`derive`); optional with --resume")
     for flag, field, typ, text in FLAGS:
         kind = argument_kind(flag, field, typ)
-        if field == "augment":
-            kind["choices"] = AUGMENTS
         p.add_argument(flag, dest=field, default=None, **kind,
-                       help=f"{text} (default: {_default(field)})")
+                       help=text if "default:" in text else f"{text} (default: {_default(field)})")
     add_run_arguments(p, "training", "runs/train")
     p.set_defaults(func=_run)
