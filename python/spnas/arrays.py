@@ -5,7 +5,7 @@ Fashion-MNIST, and CIFAR-10's python batches.
     spnas search --data DIR                    # DIR holds train-images-idx3-ubyte[.gz] ... or
                                                # CIFAR's data_batch_1..5 and test_batch
 
-Each gives the training images (from which the validation split is carved) and, kept apart,
+Read here, served by data.ArrayImages. Each gives the training images (from which the validation split is carved) and, kept apart,
 the test images: nothing in a search or a training chooses anything on them.
 """
 
@@ -30,20 +30,6 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class ArrayImages(torch.utils.data.Dataset):
-    """uint8 images (N, C, S, S), already at the run's size, as float (3, S, S) in [-1, 1]."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        x = self.images[i].float().div_(127.5).sub_(1.0)
-        return x.expand(3, -1, -1) if x.shape[0] == 1 else x, int(self.labels[i])
 
 
 def resolve(data: str) -> str | None:

@@ -34,6 +34,14 @@ class TensorImages(torch.utils.data.Dataset):
         return self.images[i], self.labels[i]
 
 
+class ArrayImages(TensorImages):
+    """uint8 images (N, C, S, S), already at the run's size, as float (3, S, S) in [-1, 1]."""
+
+    def __getitem__(self, i):
+        x = self.images[i].float().div_(127.5).sub_(1.0)
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x, int(self.labels[i])
+
+
 class FolderImages(torch.utils.data.Dataset):
     """(path, label) pairs decoded with PIL on access: RGB, shorter side resized to S, centre crop."""
 
@@ -90,8 +98,8 @@ def array_split(data: str, image_size: int, val_fraction: float, seed: int) -> S
     names = arrays.CLASS_NAMES.get(data) or [str(c) for c in range(int(y.max()) + 1)]
     test_set = None
     if test is not None:
-        test_set = arrays.ArrayImages(arrays.to_size(test[0], image_size), torch.from_numpy(test[1]))
-    return Split(arrays.ArrayImages(images[tr], labels[tr]), arrays.ArrayImages(images[va], labels[va]),
+        test_set = ArrayImages(arrays.to_size(test[0], image_size), torch.from_numpy(test[1]))
+    return Split(ArrayImages(images[tr], labels[tr]), ArrayImages(images[va], labels[va]),
                  names, f"{data} ({fmt}, {folder}): {len(tr)} train / {len(va)} val"
                         + (f" / {len(test_set)} test (held out)" if test_set is not None else "")
                         + f", {image_size}px", test_set)
