@@ -1,0 +1,37 @@
+"""benchmarks/search_quality.py --scale quick: the whole comparison, small, and its resume."""
+
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "search_quality", os.path.join(ROOT, "benchmarks", "search_quality.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_comparison_and_resume(tmp_path, capsys):
+    bench = load_benchmark()
+    out = tmp_path / "quality"
+    assert bench.main(["--scale", "quick", "--out", str(out)]) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    roles = {r.get("role") for r in records if r["kind"] == "train"}
+    assert {"found", "random", "all k3_e3", "all k5_e6", "authors' network"} <= roles
+    # the random networks' predicted latency is within the tolerance of the found one's
+    found = next(r for r in records if r["kind"] == "search")
+    for r in records:
+        if r.get("role") == "random":
+            assert abs(r["predicted_ms"] - found["predicted_ms"]) <= 0.15 * found["predicted_ms"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budgets"]["60"]["percentile"] is not None
+    assert (out / "quality.png").stat().st_size > 0
+    assert "| 60 |" in capsys.readouterr().out
+    # a second run finds every job done: nothing is trained again
+    assert bench.main(["--scale", "quick", "--out", str(out)]) == 0
+    assert (out / "results.jsonl").read_text().splitlines() == lines
