@@ -3,13 +3,13 @@ depthwise conv2d on the five stage shapes, measured side by side in one run.
 
     python benchmarks/op_table.py [--layout both] [--repeats 5] [--memory] [--json FILE]
 
-Same as `spnas bench`; see spnas/bench.py for what is measured.
+Same as `spnas bench` (spnas/commands/bench.py says what is measured).
 """
 
 import argparse
 import sys
 
-from spnas import bench
+from spnas.commands import bench
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="op_table")

@@ -19,7 +19,7 @@ COMMANDS = (
     "spnas.commands.latency",
     "spnas.commands.plot",
     "spnas.commands.train",
-    "spnas.bench",
+    "spnas.commands.bench",
     "spnas.harness.cli",
 )
 

@@ -18,8 +18,6 @@ import torch.nn.functional as F
 from . import arrays
 from .errors import SpnasError
 
-# Batch augmentation of search and train (--augment); the default depends on the data.
-AUGMENTS = ("none", "crop", "flip-crop")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 

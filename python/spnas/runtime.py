@@ -42,13 +42,13 @@ from typing import Any
 
 import torch
 
+from .config import FORMULAS
 from .errors import SpnasError
 from .space import CONV_OPS, OPS, Architecture
 
 FORMAT = "spnas-runtime-model"
 VERSION = 1
 PRESETS = ("pixel1",)
-FORMULAS = ("lut", "paper")
 PROTOCOL_FIELDS = {  # field -> (types allowed, required)
     "backend": ((str,), True),
     "runtime_version": ((str, type(None)), False),

@@ -24,7 +24,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,15 +34,14 @@ from . import data as datamod
 from .errors import SpnasError
 from .io import atomic_torch_save
 from .optim import EMA, RMSpropTF, learning_rate
-from .runtime import FORMULAS, RuntimeModel
+from .config import SearchConfig
+from .runtime import RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
+from .config import PROCESS_KNOBS
 from .training import (
     CHECKPOINT,
-    MEMORY_FORMATS,
     METRICS,
-    PRECISIONS,
-    PROCESS_KNOBS,
     Dist,
     MetricsLog,
     StopFlag,
@@ -70,95 +68,6 @@ ARCH = "arch.json"
 # Fewer steps than this and a search cannot learn enough to rank ops by accuracy (the built-in
 # digits take 176 with the defaults).
 MIN_STEPS = 100
-
-
-@dataclass
-class SearchConfig:
-    """Every knob of a search; the defaults are the paper's (epochs counted on the data given)."""
-    run_dir: str | None = None          # None: runs/search, runs/search-2, ... (first free)
-    data: str | None = None             # None: scikit-learn digits; else an image folder
-    augment: str | None = None          # None: data.default_augment (none on the digits)
-    image_size: int | None = None       # None: 24 on the digits (8x8: 24 px keeps 5x5 vs 3x3
-                                        # meaningful to stage 4), 224 with --data as in train
-    val_fraction: float = 0.2
-    workers: int = 0
-    space: str = "mnasnet"
-    width_mult: float = 1.0
-    op_backend: str = "auto"
-    runtime_model: str = "pixel1"       # preset name or runtime-model file
-    formula: str = "lut"
-    epochs: int = 8
-    dropout_epochs: float | None = None  # lambda = 0 and indicator dropout before this epoch;
-                                        # None: the paper's 5 with --data, 2 on the built-in digits
-    indicator_keep: float = 0.6
-    batch_size: int = 64                # per process
-    lr: float | None = None             # None: lr_per_256 * global batch / 256
-    lr_per_256: float = 0.016
-    threshold_lr_mult: float = 1.0      # thresholds' learning rate relative to the weights'
-    threshold_margin: float | None = 1.0  # when the latency term starts, t = ||w|| - margin
-                                        # (None: leave them; the paper initialises them to 0)
-    lr_decay: float = 0.97
-    lr_decay_epochs: float = 2.4
-    warmup_epochs: float = 0.0
-    rmsprop_decay: float = 0.9
-    momentum: float = 0.9
-    rmsprop_eps: float = 1e-3
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.1
-    ema_decay: float = 0.9999
-    lam: float = 0.02
-    lambda_scale: float = 1e3
-    target_ms: float | None = None      # land on this predicted latency: lambda from LambdaController
-    lambda_gain: float = 0.03           # with target_ms: proportional gain on ln(R / target)
-    lambda_adapt_rate: float = 0.0003   # with target_ms: integral gain per step on ln(R / target)
-    lambda_max: float = 0.05            # with target_ms: |lambda| <= this
-    threshold_reach: float | None = 1.0  # with target_ms: after each step, margins >= -reach
-                                        # (None: thresholds unclamped)
-    steps_per_epoch: int | None = None  # cap (None: the whole training split)
-    seed: int = 0
-    device: str = "auto"
-    memory_format: str = "auto"         # auto = channels_last (training.memory_format)
-    precision: str = "fp32"             # fp32, or bf16 autocast
-    compile: bool = False               # the training step's model under torch.compile
-    log_every: int = 10
-    progress: bool = True
-    stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
-
-    def check(self) -> None:
-        def need(ok: bool, flag: str, what: str):
-            if not ok:
-                raise SpnasError(f"--{flag} {what}")
-        need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, "batch-size", f"must be >= 1, got {self.batch_size}")
-        need(0 < self.indicator_keep <= 1, "indicator-keep", f"must be in (0, 1], got {self.indicator_keep}")
-        need(self.dropout_epochs is None or self.dropout_epochs >= 0, "dropout-epochs",
-             f"must be >= 0, got {self.dropout_epochs}")
-        need(self.width_mult > 0, "width-mult", f"must be > 0, got {self.width_mult}")
-        need(self.lam >= 0, "lambda", f"must be >= 0, got {self.lam}")
-        need(self.target_ms is None or (self.target_ms > 0 and math.isfinite(self.target_ms)),
-             "target-ms", f"must be > 0, got {self.target_ms}")
-        need(self.lambda_gain >= 0, "lambda-gain", f"must be >= 0, got {self.lambda_gain}")
-        need(self.lambda_adapt_rate >= 0, "lambda-adapt-rate", f"must be >= 0, got {self.lambda_adapt_rate}")
-        need(self.lambda_max > 0, "lambda-max", f"must be > 0, got {self.lambda_max}")
-        need(self.threshold_reach is None
-             or (self.threshold_reach >= 0 and math.isfinite(self.threshold_reach)),
-             "threshold-reach", f"must be a number >= 0 or 'off', got {self.threshold_reach}")
-        need(self.formula in FORMULAS, "formula", f"must be one of {', '.join(FORMULAS)}")
-        need(self.lr_decay_epochs > 0, "lr-decay-epochs", "must be > 0")
-        need(self.threshold_lr_mult >= 0, "threshold-lr-mult", "must be >= 0")
-        need(self.threshold_margin is None or math.isfinite(self.threshold_margin), "threshold-margin",
-             "must be a number or 'off'")
-        need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps-per-epoch", "must be >= 1")
-        need(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
-             f"must be auto, cpu or cuda[:N], got {self.device!r}")
-        need(self.augment is None or self.augment in datamod.AUGMENTS, "augment",
-             f"must be one of {', '.join(datamod.AUGMENTS)}, got {self.augment!r}")
-        need(self.memory_format in MEMORY_FORMATS, "memory-format",
-             f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
-        need(self.precision in PRECISIONS, "precision",
-             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.op_backend not in ("auto", "reference", "cpu", "cuda", "triton"):
-            raise SpnasError(f"--op-backend must be auto, reference, cpu, cuda or triton, got {self.op_backend!r}")
 
 
 # -- pieces of the recipe --------------------------------------------------------------------------

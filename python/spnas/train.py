@@ -18,23 +18,20 @@ import dataclasses
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from . import data as datamod
-from .data import AUGMENTS, augment
+from .config import DEFAULTS, PROCESS_KNOBS, TrainConfig
+from .data import augment
 from .errors import SpnasError
 from .io import atomic_torch_save
 from .optim import EMA, RMSpropTF, learning_rate
 from .space import Architecture
 from .training import (
     CHECKPOINT,
-    MEMORY_FORMATS,
     METRICS,
-    PRECISIONS,
-    PROCESS_KNOBS,
     Dist,
     MetricsLog,
     StopFlag,
@@ -64,84 +61,6 @@ ARCH = "arch.json"
 # > 90% top-1 in minutes: ~22 steps per epoch instead of ~1250, so warm-up and decay intervals are
 # counted in fewer epochs, and the EMA horizon is shortened to ~100 steps. The learning rate stays
 # the paper's 0.016 per 256 images: 4x that diverged on digits (RMSProp, batch 64).
-DEFAULTS = {
-    "imagenet": dict(image_size=224, epochs=350, batch_size=128, warmup_epochs=5.0,
-                     lr_decay_epochs=2.4, ema_decay=0.9999, augment="flip-crop"),
-    "digits": dict(image_size=16, epochs=20, batch_size=64, warmup_epochs=1.0,
-                   lr_decay_epochs=1.0, ema_decay=0.99, augment="none"),
-    # In-memory small-image sets (Fashion-MNIST, CIFAR-10): minutes per epoch on a CPU.
-    "small": dict(image_size=32, epochs=30, batch_size=128, warmup_epochs=1.0,
-                  lr_decay_epochs=1.0, ema_decay=0.999, augment="flip-crop"),
-}
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training; None means "the DEFAULTS entry for this data"."""
-    run_dir: str | None = None          # None: runs/train, runs/train-2, ... (first free)
-    data: str | None = None             # None: scikit-learn digits; else an image folder
-    image_size: int | None = None
-    val_fraction: float = 0.2
-    workers: int = 0
-    augment: str | None = None          # batch-level: random shifted crop (+ horizontal flip)
-    epochs: int | None = None
-    batch_size: int | None = None       # per process
-    lr: float | None = None             # None: lr_per_256 * global batch / 256
-    lr_per_256: float = 0.016
-    lr_decay: float = 0.97
-    lr_decay_epochs: float | None = None
-    warmup_epochs: float | None = None
-    rmsprop_decay: float = 0.9
-    momentum: float = 0.9
-    rmsprop_eps: float = 1e-3
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.1
-    ema_decay: float | None = None
-    dropout: float = 0.2                # before the classifier
-    steps_per_epoch: int | None = None  # cap (None: the whole training split)
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 10
-    progress: bool = True
-    memory_format: str = "auto"         # auto = channels_last (training.memory_format)
-    precision: str = "fp32"             # fp32, or bf16 autocast
-    compile: bool = False               # the training step's model under torch.compile
-    stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
-
-    @property
-    def profile(self) -> str:
-        return {"digits": "digits", "small": "small"}.get(datamod.kind(self.data), "imagenet")
-
-    def resolve(self) -> TrainConfig:
-        """A copy with every None knob taken from DEFAULTS[profile]."""
-        cfg = dataclasses.replace(self)
-        for key, value in DEFAULTS[self.profile].items():
-            if getattr(cfg, key) is None:
-                setattr(cfg, key, value)
-        return cfg
-
-    def check(self) -> None:
-        def need(ok: bool, flag: str, what: str):
-            if not ok:
-                raise SpnasError(f"--{flag} {what}")
-        need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, "batch-size", f"must be >= 1, got {self.batch_size}")
-        need(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        need(self.memory_format in MEMORY_FORMATS, "memory-format",
-             f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
-        need(self.precision in PRECISIONS, "precision",
-             f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        need(self.lr_decay_epochs > 0, "lr-decay-epochs", "must be > 0")
-        need(self.warmup_epochs >= 0, "warmup-epochs", "must be >= 0")
-        need(0 <= self.ema_decay < 1, "ema-decay", f"must be in [0, 1), got {self.ema_decay}")
-        need(0 <= self.label_smoothing < 1, "label-smoothing", "must be in [0, 1)")
-        need(self.augment in AUGMENTS, "augment", f"must be one of {', '.join(AUGMENTS)}")
-        need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps-per-epoch", "must be >= 1")
-        need(self.log_every >= 1, "log-every", "must be >= 1")
-        need(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
-             f"must be auto, cpu or cuda[:N], got {self.device!r}")
-
-
 def run_train(arch: Architecture | str | None, cfg: TrainConfig, resume: bool = False, out=None) -> dict:
     """Train (or resume training) `arch` (an Architecture or ARCH.json path; None when resuming).
 
@@ -314,4 +233,4 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
             "test_top1": test[0] if test else None, "test_top5": test[1] if test else None}
 
 
-__all__ = ["AUGMENTS", "DEFAULTS", "TrainConfig", "augment", "run_train"]
+__all__ = ["DEFAULTS", "TrainConfig", "augment", "run_train"]

@@ -137,9 +137,6 @@ class MetricsLog:
             self._f.close()
 
 
-# --memory-format and --precision of search and train.
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-PRECISIONS = ("fp32", "bf16")
 
 
 def memory_format(choice: str) -> torch.memory_format:
@@ -196,9 +193,6 @@ def load_checkpoint(path: str) -> dict:
         raise SpnasError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from None
 
 
-# What may change when a run is resumed: how this process runs, not the recipe.
-PROCESS_KNOBS = ("run_dir", "progress", "stop_after_step", "workers", "device", "memory_format",
-                 "compile")
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 

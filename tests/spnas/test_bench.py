@@ -43,3 +43,17 @@ def test_heap_kept_mapped_on_glibc():
     assert "heap kept mapped" in table()
     trimmed = table("--trim-heap")
     assert "heap kept mapped" not in trimmed and "medians of interleaved" in trimmed
+
+
+def test_the_command_knows_the_number_of_stage_shapes():
+    from spnas.commands import bench as command
+    assert command.STAGES == len(bench.STAGE_SHAPES)
+
+
+def test_help_imports_no_torch():
+    # `spnas --help` and a command's --help stay fast: neither torch nor the compiled op loads.
+    code = ("import sys, spnas.cli; "
+            "[spnas.cli.main([c, '--help']) for c in ('search', 'train', 'bench', 'export')]; "
+            "sys.exit(1 if {'torch', 'spnas_ops'} & set(sys.modules) else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, "torch or spnas_ops imported by --help"

@@ -22,7 +22,7 @@ def refuse_recipe_flags(args: argparse.Namespace, flags) -> None:
     if args.resume is None:
         return
     from ..errors import SpnasError
-    from ..training import PROCESS_KNOBS
+    from ..config import PROCESS_KNOBS
     given = [flag for flag, field, _, _ in flags
              if field not in PROCESS_KNOBS and getattr(args, field) is not None]
     if given:

@@ -5,19 +5,12 @@ from __future__ import annotations
 import os
 
 from ..errors import SpnasError
-from ..runtime import RuntimeModel
-from ..search import (
-    ARCH,
-    CHECKPOINT,
-    SearchConfig,
-    build_supernet,
-    format_result,
-    load_checkpoint,
-)
 
 
 def derive_run(run_dir: str):
     """(Architecture, config) from RUN_DIR/checkpoint.pt: the hard decisions of its thresholds."""
+    from ..search import CHECKPOINT, SearchConfig, build_supernet, load_checkpoint  # torch
+
     if not os.path.isdir(run_dir):
         raise SpnasError(f"RUN_DIR {run_dir}: no such directory")
     ckpt = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
@@ -33,6 +26,9 @@ def derive_run(run_dir: str):
 
 
 def _run(args) -> int:
+    from ..runtime import RuntimeModel
+    from ..search import ARCH, format_result
+
     arch, cfg, step = derive_run(args.run_dir)
     model_name = args.model or cfg.runtime_model
     predicted = RuntimeModel.resolve(model_name).predict(arch)

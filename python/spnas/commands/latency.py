@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from ..runtime import RuntimeModel
-from ..space import Architecture
-
 
 def _run(args) -> int:
+    from ..runtime import RuntimeModel  # torch: only when the command runs
+    from ..space import Architecture
+
     arch = Architecture.load(args.arch)
     model = RuntimeModel.resolve(args.model)
     rows = model.breakdown(arch)

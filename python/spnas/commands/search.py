@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime import FORMULAS
-from ..search import SearchConfig, run_search
-from ..data import AUGMENTS
-from ..training import MEMORY_FORMATS, PRECISIONS
+from ..config import AUGMENTS, FORMULAS, MEMORY_FORMATS, PRECISIONS, SearchConfig
 from . import add_run_arguments, config_from_args, refuse_recipe_flags
 
 _D = SearchConfig()
@@ -106,6 +103,8 @@ def argument_kind(flag: str, field: str, typ) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..search import run_search  # torch: only when a search runs, not for --help
+
     cfg = SearchConfig()
     refuse_recipe_flags(args, FLAGS)
     config_from_args(cfg, args, FLAGS)

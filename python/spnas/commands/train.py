@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train import DEFAULTS, TrainConfig, run_train
+from ..config import DEFAULTS, TrainConfig
 from . import add_run_arguments, config_from_args, refuse_recipe_flags
 from .search import argument_kind
 from .search import FLAGS as SEARCH_FLAGS
@@ -38,6 +38,8 @@ def _default(field: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..train import run_train  # torch: only when a training runs, not for --help
+
     cfg = TrainConfig()
     refuse_recipe_flags(args, FLAGS)
     config_from_args(cfg, args, FLAGS)

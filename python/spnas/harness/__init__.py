@@ -10,13 +10,25 @@ vs measured). Optional dependencies (litert-torch, ai-edge-litert, onnx, onnxrun
 imported only where used.
 """
 
-from .benchmark import Benchmark, BenchmarkError, DeviceLostError, Measurement, make_benchmark
-from .export import FORMATS, ExportError, ExportResult, export, load_weights
-from .profile import profile
-from .validate import accuracy_summary, validate
+from importlib import import_module
+
+# Loaded on first use: they import torch, and `spnas --help` registers the harness commands.
+_LAZY = {**{name: "benchmark" for name in ("Benchmark", "BenchmarkError", "DeviceLostError",
+                                           "Measurement", "make_benchmark")},
+         **{name: "export" for name in ("FORMATS", "ExportError", "ExportResult", "export",
+                                        "load_weights")},
+         "profile": "profile", "validate": "validate", "accuracy_summary": "validate"}
 
 __all__ = [
     "Benchmark", "BenchmarkError", "DeviceLostError", "Measurement", "make_benchmark",
     "FORMATS", "ExportError", "ExportResult", "export", "load_weights",
     "profile", "validate", "accuracy_summary",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'spnas.harness' has no attribute {name!r}")

@@ -279,7 +279,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="check a runtime model against whole-network measurements",
         description="Sample random architectures of the model's space, export and time each whole "
                     "network, and compare with the runtime model's prediction: RMSE, MAPE, share "
-                    "within 5%% and 10%%, a scatter plot and a JSON report in --out.",
+                    "within 5% and 10%, a scatter plot and a JSON report in --out.",
     )
     p.add_argument("--model", required=True, metavar="LUT.json", help="runtime model to check")
     p.add_argument("--samples", type=_positive_int, default=30)
