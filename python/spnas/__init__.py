@@ -7,9 +7,8 @@ Layers usable in your own networks (`layers`), search spaces and architectures a
 (`search`); the `spnas` command is `spnas.cli`.
 """
 
-from importlib import import_module
-
 from .errors import SpnasError
+from .lazy import lazy_names
 from .space import OPS, Architecture, SearchSpace, get_space, register_space
 
 # Loaded on first use (they import torch), so that the `spnas` command's --help stays fast.
@@ -21,12 +20,7 @@ __all__ = ["SuperDepthwiseConv2d", "SuperMBConv", "SinglePathSuperNet", "Archite
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'spnas' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())
 
 
 def __dir__():

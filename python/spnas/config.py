@@ -15,6 +15,12 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PRECISIONS = ("fp32", "bf16")
 AUGMENTS = ("none", "crop", "flip-crop")           # batch augmentation (data.augment)
 OP_BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+def need(ok: bool, flag: str, what: str) -> None:
+    """A config check: a one-line error naming the flag unless ok."""
+    if not ok:
+        raise SpnasError(f"--{flag} {what}")
+
+
 # What may change when a run is resumed: how this process runs, not the recipe.
 PROCESS_KNOBS = ("run_dir", "progress", "stop_after_step", "workers", "device", "memory_format",
                  "compile")
@@ -73,9 +79,6 @@ class SearchConfig:
     stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
 
     def check(self) -> None:
-        def need(ok: bool, flag: str, what: str):
-            if not ok:
-                raise SpnasError(f"--{flag} {what}")
         need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, "batch-size", f"must be >= 1, got {self.batch_size}")
         need(0 < self.indicator_keep <= 1, "indicator-keep", f"must be in (0, 1], got {self.indicator_keep}")
@@ -167,9 +170,6 @@ class TrainConfig:
         return cfg
 
     def check(self) -> None:
-        def need(ok: bool, flag: str, what: str):
-            if not ok:
-                raise SpnasError(f"--{flag} {what}")
         need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, "batch-size", f"must be >= 1, got {self.batch_size}")
         need(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")

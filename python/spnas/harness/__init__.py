@@ -1,8 +1,12 @@
 """The latency harness: export networks and layers, time them on a device, build and validate
 runtime models.
 
-    from spnas.harness import export, make_benchmark, profile, validate
+    from spnas.harness import make_benchmark
+    from spnas.harness.export import export
+    from spnas.harness.profile import profile
+    from spnas.harness.validate import validate
 
+(the three functions share their modules' names, so they are imported from the modules).
 `export` (TFLite via litert-torch with NHWC input, ONNX, TorchScript; every file checked against
 PyTorch), `make_benchmark("litert" | "adb", ...)` (one `Benchmark` interface), `profile` (every
 (layer, op) of a space -> a RuntimeModel file) and `validate` (random whole networks, predicted
@@ -10,25 +14,18 @@ vs measured). Optional dependencies (litert-torch, ai-edge-litert, onnx, onnxrun
 imported only where used.
 """
 
-from importlib import import_module
+from ..lazy import lazy_names
 
 # Loaded on first use: they import torch, and `spnas --help` registers the harness commands.
 _LAZY = {**{name: "benchmark" for name in ("Benchmark", "BenchmarkError", "DeviceLostError",
                                            "Measurement", "make_benchmark")},
-         **{name: "export" for name in ("FORMATS", "ExportError", "ExportResult", "export",
-                                        "load_weights")},
-         "profile": "profile", "validate": "validate", "accuracy_summary": "validate"}
+         **{name: "export" for name in ("FORMATS", "ExportError", "ExportResult", "load_weights")},
+         "accuracy_summary": "validate"}
 
 __all__ = [
     "Benchmark", "BenchmarkError", "DeviceLostError", "Measurement", "make_benchmark",
-    "FORMATS", "ExportError", "ExportResult", "export", "load_weights",
-    "profile", "validate", "accuracy_summary",
+    "FORMATS", "ExportError", "ExportResult", "load_weights", "accuracy_summary",
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'spnas.harness' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY, globals())
