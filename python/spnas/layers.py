@@ -157,17 +157,38 @@ class ConvBnReLU(nn.Sequential):
         init_conv_(self[0].weight, groups)
 
 
+def bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(bn(x))
+
+
+def depthwise_conv(channels: int, kernel: int, stride: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, channels, kernel, stride, kernel // 2, groups=channels, bias=False)
+    init_conv_(conv.weight, channels)
+    return conv
+
+
+def pointwise_conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 1, bias=False)
+    init_conv_(conv.weight)
+    return conv
+
+
+# The plain blocks carry timm's EfficientNet names (conv_dw/bn1/conv_pw/bn2 for "ds";
+# conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3 for "ir"), so that a child built from an Architecture
+# loads the state dict of timm's model of the same architecture (tests/spnas/test_timm_names.py).
 class DepthwiseSeparable(nn.Module):
     """timm's "ds" block: depthwise kxk -> BN -> ReLU -> 1x1 -> BN (+ residual if allowed)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, noskip: bool, bn_eps: float):
         super().__init__()
-        self.dw = ConvBnReLU(cin, cin, kernel, stride, groups=cin, bn_eps=bn_eps)
-        self.pw = ConvBnReLU(cin, cout, 1, act=False, bn_eps=bn_eps)
+        self.conv_dw = depthwise_conv(cin, kernel, stride)
+        self.bn1 = nn.BatchNorm2d(cin, eps=bn_eps)
+        self.conv_pw = pointwise_conv(cin, cout)
+        self.bn2 = nn.BatchNorm2d(cout, eps=bn_eps)
         self.has_residual = stride == 1 and cin == cout and not noskip
 
     def forward(self, x):
-        out = self.pw(self.dw(x))
+        out = self.bn2(self.conv_pw(bn_relu(self.bn1, self.conv_dw(x))))
         return out + x if self.has_residual else out
 
 
@@ -178,13 +199,17 @@ class MBConv(nn.Module):
                  bn_eps: float):
         super().__init__()
         mid = cin * expand
-        self.pw = ConvBnReLU(cin, mid, 1, bn_eps=bn_eps)
-        self.dw = ConvBnReLU(mid, mid, kernel, stride, groups=mid, bn_eps=bn_eps)
-        self.pwl = ConvBnReLU(mid, cout, 1, act=False, bn_eps=bn_eps)
+        self.conv_pw = pointwise_conv(cin, mid)
+        self.bn1 = nn.BatchNorm2d(mid, eps=bn_eps)
+        self.conv_dw = depthwise_conv(mid, kernel, stride)
+        self.bn2 = nn.BatchNorm2d(mid, eps=bn_eps)
+        self.conv_pwl = pointwise_conv(mid, cout)
+        self.bn3 = nn.BatchNorm2d(cout, eps=bn_eps)
         self.has_residual = stride == 1 and cin == cout and not noskip
 
     def forward(self, x):
-        out = self.pwl(self.dw(self.pw(x)))
+        h = bn_relu(self.bn2, self.conv_dw(bn_relu(self.bn1, self.conv_pw(x))))
+        out = self.bn3(self.conv_pwl(h))
         return out + x if self.has_residual else out
 
 
@@ -195,39 +220,59 @@ def make_block(kind: str, cin: int, cout: int, kernel: int, stride: int, expand:
     return MBConv(cin, cout, kernel, stride, expand, noskip, bn_eps)
 
 
+def make_classifier(features: int, num_classes: int) -> nn.Linear:
+    classifier = nn.Linear(features, num_classes)
+    # Bound from the fan-in: the fan-out bound of ImageNet recipes (1/sqrt(1000)) is far too
+    # wide for a 10-class search, whose first logits would then be huge.
+    bound = 1.0 / math.sqrt(features)
+    nn.init.uniform_(classifier.weight, -bound, bound)
+    nn.init.zeros_(classifier.bias)
+    return classifier
+
+
+def classify(x: torch.Tensor, classifier: nn.Linear, drop_rate: float, training: bool) -> torch.Tensor:
+    """Global average pool -> (dropout) -> FC. keepdim then flatten (not mean((2, 3))):
+    converters that carry an NHWC layout through the network keep it through a rank-preserving
+    reduction, so the head exports to TFLite without a TRANSPOSE."""
+    x = x.mean((2, 3), keepdim=True).flatten(1)
+    if drop_rate > 0:
+        x = F.dropout(x, drop_rate, training)
+    return classifier(x)
+
+
 class Head(nn.Module):
-    """conv1x1 -> BN -> ReLU -> global average pool -> (dropout) -> FC."""
+    """conv1x1 -> BN -> ReLU -> global average pool -> (dropout) -> FC (the supernet's head)."""
 
     def __init__(self, cin: int, features: int, num_classes: int, drop_rate: float, bn_eps: float):
         super().__init__()
         self.conv = ConvBnReLU(cin, features, 1, bn_eps=bn_eps)
         self.drop_rate = drop_rate
-        self.classifier = nn.Linear(features, num_classes)
-        # Bound from the fan-in: the fan-out bound of ImageNet recipes (1/sqrt(1000)) is far too
-        # wide for a 10-class search, whose first logits would then be huge.
-        bound = 1.0 / math.sqrt(features)
-        nn.init.uniform_(self.classifier.weight, -bound, bound)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = make_classifier(features, num_classes)
 
     def forward(self, x):
-        # keepdim then flatten (not mean((2, 3))): converters that carry an NHWC layout through
-        # the network keep it through a rank-preserving reduction, so the head exports to TFLite
-        # without a TRANSPOSE.
-        x = self.conv(x).mean((2, 3), keepdim=True).flatten(1)
-        if self.drop_rate > 0:
-            x = F.dropout(x, self.drop_rate, self.training)
-        return self.classifier(x)
+        return classify(self.conv(x), self.classifier, self.drop_rate, self.training)
 
 
 class ChildNet(nn.Module):
-    """A derived network: stem, blocks, head. Plain convolutions only (exports anywhere)."""
+    """A derived network in timm's EfficientNet layout and names: conv_stem, bn1,
+    blocks[stage][block], conv_head, bn2, classifier. Plain convolutions only (exports anywhere)."""
 
-    def __init__(self, stem: nn.Module, blocks: nn.Sequential, head: Head):
+    def __init__(self, stem: int, stages: list[list[nn.Module]], head_in: int, features: int,
+                 num_classes: int, drop_rate: float, bn_eps: float):
         super().__init__()
-        self.stem, self.blocks, self.head = stem, blocks, head
+        self.conv_stem = nn.Conv2d(3, stem, 3, 2, 1, bias=False)
+        init_conv_(self.conv_stem.weight)
+        self.bn1 = nn.BatchNorm2d(stem, eps=bn_eps)
+        self.blocks = nn.Sequential(*[nn.Sequential(*stage) for stage in stages])
+        self.conv_head = pointwise_conv(head_in, features)
+        self.bn2 = nn.BatchNorm2d(features, eps=bn_eps)
+        self.drop_rate = drop_rate
+        self.classifier = make_classifier(features, num_classes)
 
     def forward(self, x):
-        return self.head(self.blocks(self.stem(x)))
+        x = self.blocks(bn_relu(self.bn1, self.conv_stem(x)))
+        return classify(bn_relu(self.bn2, self.conv_head(x)), self.classifier, self.drop_rate,
+                        self.training)
 
 
 def build_child(arch: Architecture, num_classes: int = 1000, width_mult: float = 1.0,
@@ -235,19 +280,19 @@ def build_child(arch: Architecture, num_classes: int = 1000, width_mult: float =
     from .space import BlockSpec
     space = arch.space
     eps = space.bn_eps
-    stem_ch = scale_width(space.stem, width_mult)
-    stem = ConvBnReLU(3, stem_ch, 3, 2, bn_eps=eps)
-    blocks, cin = [], stem_ch
-    for strings in arch.block_strings():
+    stem = scale_width(space.stem, width_mult)
+    stages, cin = [], stem
+    for strings in arch.block_strings():  # one list of block strings per stage, as timm's
+        stage = []
         for text in strings:
             spec = BlockSpec.parse(text)
             cout = scale_width(spec.out, width_mult)
             for r in range(spec.repeats):
-                blocks.append(make_block(spec.kind, cin, cout, spec.kernel,
-                                         spec.stride if r == 0 else 1, spec.expand, spec.noskip, eps))
+                stage.append(make_block(spec.kind, cin, cout, spec.kernel,
+                                        spec.stride if r == 0 else 1, spec.expand, spec.noskip, eps))
                 cin = cout
-    head = Head(cin, scale_width(space.head, width_mult), num_classes, drop_rate, eps)
-    return ChildNet(stem, nn.Sequential(*blocks), head)
+        stages.append(stage)
+    return ChildNet(stem, stages, cin, scale_width(space.head, width_mult), num_classes, drop_rate, eps)
 
 
 __all__ = ["SuperDepthwiseConv2d", "SuperMBConv", "ChildNet", "MBConv", "DepthwiseSeparable",

@@ -90,5 +90,38 @@ class SinglePathSuperNet(nn.Module):
         ops = [op_from_decisions(*d) for d in self.hard_decisions().tolist()]
         return Architecture(ops, self.space)
 
+    @torch.no_grad()
+    def child(self, arch: Architecture | None = None) -> nn.Module:
+        """The derived child network (or `arch`'s) holding this supernet's weights: every kept
+        layer gets the inner taps of its superkernel and the lower half of its channels where
+        it chose 3x3 or e3, so in eval mode it computes what the supernet computes in that
+        state. A search can so warm-start its child's training."""
+        arch = arch or self.derive()
+        child = arch.build(num_classes=self.num_classes, width_mult=self.width_mult)
+        child.conv_stem.load_state_dict(self.stem[0].state_dict())
+        child.bn1.load_state_dict(self.stem[1].state_dict())
+        child.conv_head.load_state_dict(self.head.conv[0].state_dict())
+        child.bn2.load_state_dict(self.head.conv[1].state_dict())
+        child.classifier.load_state_dict(self.head.classifier.state_dict())
+        child_blocks = iter([block for stage in child.blocks for block in stage])
+        ops = iter(arch.ops)
+        for block in self.blocks:
+            if not isinstance(block, SuperMBConv):
+                next(child_blocks).load_state_dict(block.state_dict())
+                continue
+            op = next(ops)
+            if op == "skip":
+                continue
+            c = next(child_blocks)
+            mid, k = c.conv_pw.out_channels, c.conv_dw.kernel_size[0]
+            off = (5 - k) // 2
+            c.conv_pw.weight.copy_(block.conv_pw.weight[:mid])
+            c.conv_dw.weight.copy_(block.superkernel.weight[:mid, :, off:off + k, off:off + k])
+            c.conv_pwl.weight.copy_(block.conv_pwl.weight[:, :mid])
+            for dst, src in ((c.bn1, block.bn1), (c.bn2, block.bn2), (c.bn3, block.bn3)):
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(dst, name).copy_(getattr(src, name)[:getattr(dst, name).shape[0]])
+        return child
+
 
 __all__ = ["SinglePathSuperNet"]

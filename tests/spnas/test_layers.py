@@ -83,41 +83,10 @@ def test_supernet_in_a_hard_state_computes_the_derived_child():
                 m.running_var.uniform_(0.5, 1.5)
     arch = net.derive()
     assert arch.ops[:4] == ["k5_e3", "k3_e6", "k5_e6", "skip"] and arch.ops[9] == "k3_e3"
-    child = arch.build(num_classes=5, width_mult=0.25).eval()
-    transfer(net, child, arch)
+    child = net.child().eval()
+    assert child.state_dict().keys() == arch.build(num_classes=5, width_mult=0.25).state_dict().keys()
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(net(x), child(x), atol=1e-4)
-
-
-def transfer(net, child, arch):
-    """Copy supernet weights into the child (inner 3x3 taps / lower channel half where chosen)."""
-    child_blocks = iter(child.blocks)
-    child.stem.load_state_dict(net.stem.state_dict())
-    child.head.load_state_dict(net.head.state_dict())
-    k = 0
-    for block in net.blocks:
-        if not hasattr(block, "superkernel"):
-            next(child_blocks).load_state_dict(block.state_dict())
-            continue
-        op = arch.ops[k]
-        k += 1
-        if op == "skip":
-            continue
-        c = next(child_blocks)
-        mid = c.pw[0].out_channels
-        ks = c.dw[0].kernel_size[0]
-        off = (5 - ks) // 2
-        c.pw[0].weight.data.copy_(block.conv_pw.weight[:mid])
-        copy_bn(c.pw[1], block.bn1, mid)
-        c.dw[0].weight.data.copy_(block.superkernel.weight[:mid, :, off:off + ks, off:off + ks])
-        copy_bn(c.dw[1], block.bn2, mid)
-        c.pwl[0].weight.data.copy_(block.conv_pwl.weight[:, :mid])
-        c.pwl[1].load_state_dict(block.bn3.state_dict())
-
-
-def copy_bn(dst, src, n):
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(dst, name).data.copy_(getattr(src, name)[:n])
 
 
 @pytest.mark.parametrize("formula", ["lut", "paper"])
