@@ -154,6 +154,7 @@ class TrainConfig:
     memory_format: str = "auto"         # auto = channels_last (training.memory_format)
     precision: str = "fp32"             # fp32, or bf16 autocast
     compile: bool = False               # the training step's model under torch.compile
+    init_from: str | None = None        # a search run: start from its supernet's (EMA) weights
     stop_after_step: int | None = None  # acts like Ctrl-C after this many steps (for tests)
 
     @property

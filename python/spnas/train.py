@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as datamod
-from .config import DEFAULTS, PROCESS_KNOBS, TrainConfig
+from .config import DEFAULTS, PROCESS_KNOBS, SearchConfig, TrainConfig
 from .data import augment
 from .errors import SpnasError
 from .io import atomic_torch_save
@@ -61,6 +61,28 @@ ARCH = "arch.json"
 # > 90% top-1 in minutes: ~22 steps per epoch instead of ~1250, so warm-up and decay intervals are
 # counted in fewer epochs, and the EMA horizon is shortened to ~100 steps. The learning rate stays
 # the paper's 0.016 per 256 images: 4x that diverged on digits (RMSProp, batch 64).
+def searched_weights(run_dir: str, arch: Architecture, num_classes: int) -> dict:
+    """--init-from: the child of `arch` cut from a search run's supernet (its EMA weights)."""
+    from .search import build_supernet
+    ckpt, saved = resume_point(run_dir, "search")
+    if ckpt is None:
+        raise SpnasError(f"--init-from {run_dir}: the search has no checkpoint yet")
+    config = SearchConfig(**{k: v for k, v in saved.items()
+                             if k in {f.name for f in dataclasses.fields(SearchConfig)}})
+    if config.space != arch.space.name:
+        raise SpnasError(f"--init-from {run_dir}: its space is {config.space!r}, the "
+                         f"architecture's {arch.space.name!r}")
+    if config.width_mult != 1.0:
+        raise SpnasError(f"--init-from {run_dir}: the search ran at width x{config.width_mult:g}; "
+                         f"spnas train builds the network at width x1")
+    supernet = build_supernet(config, ckpt["model"]["head.classifier.bias"].shape[0])
+    supernet.load_state_dict(ckpt["ema"]["shadow"])
+    if supernet.num_classes != num_classes:
+        raise SpnasError(f"--init-from {run_dir}: its supernet has {supernet.num_classes} classes, "
+                         f"the training data {num_classes}")
+    return supernet.child(arch).state_dict()
+
+
 def run_train(arch: Architecture | str | None, cfg: TrainConfig, resume: bool = False, out=None) -> dict:
     """Train (or resume training) `arch` (an Architecture or ARCH.json path; None when resuming).
 
@@ -106,6 +128,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     run_dir = cfg.run_dir
     check_run_dir(run_dir)
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
+    init = (searched_weights(cfg.init_from, arch, len(split.classes))
+            if cfg.init_from and ckpt is None else None)
     if d.main:  # every argument checked: now the run folder
         create_run_dir(run_dir, dataclasses.asdict(cfg))
         arch.save(os.path.join(run_dir, ARCH))
@@ -119,7 +143,10 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     fmt = memory_format(cfg.memory_format)
-    net = arch.build(num_classes=num_classes, drop_rate=cfg.dropout).to(d.device, memory_format=fmt)
+    net = arch.build(num_classes=num_classes, drop_rate=cfg.dropout)
+    if init is not None:
+        net.load_state_dict(init)
+    net = net.to(d.device, memory_format=fmt)
     decay_params = decay_parameters(net)
     opt = RMSpropTF(net.parameters(), lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)

@@ -10,7 +10,7 @@ import torch
 
 import spnas_ops
 from spnas.cli import main
-from spnas.space import SPNASNET_100
+from spnas.space import SPNASNET_100, Architecture
 
 from test_cli_errors import one_line_error
 
@@ -131,3 +131,23 @@ def test_outputs_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o644
+
+
+def test_train_init_from_a_search(capsys, runs, tmp_path):
+    from spnas.search import load_checkpoint
+    from spnas.train import searched_weights
+    search, train = runs
+    # the tiny search ran at width x0.25: spnas train builds width x1, which it says
+    one_line_error(capsys, ["train", str(search / "arch.json"), "--init-from", str(search),
+                            "--run-dir", str(tmp_path / "t"), *TRAIN], "width x0.25")
+    one_line_error(capsys, ["train", str(search / "arch.json"), "--init-from", str(train),
+                            "--run-dir", str(tmp_path / "t"), *TRAIN], "not a search run")
+    assert not (tmp_path / "t").exists()
+    wide = tmp_path / "wide"
+    assert main(["search", "--run-dir", str(wide), *SEARCH[2:]]) == 0
+    arch = Architecture.load(str(wide / "arch.json"))
+    weights = searched_weights(str(wide), arch, 10)
+    shadow = load_checkpoint(str(wide / "checkpoint.pt"))["ema"]["shadow"]
+    assert torch.equal(weights["conv_stem.weight"], shadow["stem.0.weight"])
+    assert torch.equal(weights["classifier.bias"], shadow["head.classifier.bias"])
+    arch.build(num_classes=10).load_state_dict(weights)  # strict

@@ -26,6 +26,8 @@ FLAGS = tuple(f for f in SEARCH_FLAGS if f[1] in _SHARED) + (
     ("--weight-decay", "weight_decay", float, "L2 factor on non-BN parameters (loss += wd x sum(w^2)/2)"),
     ("--ema-decay", "ema_decay", float, "weight EMA decay (evaluation and best.pt use the EMA)"),
     ("--dropout", "dropout", float, "dropout rate before the classifier"),
+    ("--init-from", "init_from", str, "a search run folder: start from the weights its supernet "
+                                      "(EMA) holds for this architecture (default: random init)"),
 )
 
 
