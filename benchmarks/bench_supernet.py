@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 import spnas_ops
 from spnas import Architecture, SinglePathSuperNet
+from spnas.layers import build_child
 from spnas.optim import EMA, RMSpropTF
 from spnas.runtime import RuntimeModel
 from spnas.space import SPNASNET_100
@@ -100,10 +101,10 @@ def networks(device: torch.device, classes: int, width: float, compile_: bool) -
             SinglePathSuperNet(num_classes=classes, width_mult=width, op_backend=fused[0]))
     nets["supernet, reference op"] = lambda: SinglePathSuperNet(
         num_classes=classes, width_mult=width, op_backend="reference")
-    nets["plain network, all 5x5-e6"] = lambda: Architecture(["k5_e6"] * 20).build(
-        num_classes=classes, width_mult=width)
-    nets["authors' network (SPNASNET_100)"] = lambda: Architecture(list(SPNASNET_100)).build(
-        num_classes=classes, width_mult=width)
+    nets["plain network, all 5x5-e6"] = lambda: build_child(
+        Architecture(["k5_e6"] * 20), num_classes=classes, width_mult=width)
+    nets["authors' network (SPNASNET_100)"] = lambda: build_child(
+        Architecture(list(SPNASNET_100)), num_classes=classes, width_mult=width)
     return nets
 
 

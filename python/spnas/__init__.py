@@ -12,10 +12,11 @@ from .lazy import lazy_names
 from .space import OPS, Architecture, SearchSpace, get_space, register_space
 
 # Loaded on first use (they import torch), so that the `spnas` command's --help stays fast.
-_LAZY = {"SuperDepthwiseConv2d": "layers", "SuperMBConv": "layers", "RuntimeModel": "runtime",
+_LAZY = {"SuperDepthwiseConv2d": "layers", "SuperMBConv": "layers", "build_child": "layers",
+         "RuntimeModel": "runtime",
          "SinglePathSuperNet": "supernet"}
 
-__all__ = ["SuperDepthwiseConv2d", "SuperMBConv", "SinglePathSuperNet", "Architecture",
+__all__ = ["SuperDepthwiseConv2d", "SuperMBConv", "SinglePathSuperNet", "Architecture", "build_child",
            "RuntimeModel", "SearchSpace", "register_space", "get_space", "OPS", "SpnasError"]
 __version__ = "0.1.0"
 

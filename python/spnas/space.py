@@ -243,7 +243,7 @@ class Architecture:
 
         arch = Architecture(["k3_e3", ...], space="mnasnet")
         arch.block_strings()          # timm arch_def: a list of block strings per stage
-        arch.build(num_classes=1000)  # a plain nn.Module (no masks)
+        spnas.layers.build_child(arch)  # the plain network (an Architecture is data only)
     """
 
     def __init__(self, ops: Sequence[str], space: "str | SearchSpace" = "mnasnet"):
@@ -358,12 +358,6 @@ class Architecture:
     def load(path: str) -> "Architecture":
         from .io import read_json
         return Architecture.from_json(read_json(path, "architecture"), where=path)
-
-    # -- the child network ----------------------------------------------------------------------
-    def build(self, num_classes: int = 1000, width_mult: float = 1.0, drop_rate: float = 0.0):
-        """The plain child network (nn.Module): fixed convs, no masks, no thresholds."""
-        from .layers import build_child
-        return build_child(self, num_classes=num_classes, width_mult=width_mult, drop_rate=drop_rate)
 
     def with_op(self, layer: int, op: str) -> "Architecture":
         ops = list(self.ops)

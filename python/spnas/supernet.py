@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import ConvBnReLU, Head, SuperMBConv, make_block
+from .layers import ConvBnReLU, Head, SuperMBConv, build_child, make_block
 from .space import Architecture, SearchSpace, get_space, op_from_decisions, scale_width
 
 
@@ -97,7 +97,7 @@ class SinglePathSuperNet(nn.Module):
         it chose 3x3 or e3, so in eval mode it computes what the supernet computes in that
         state. A search can so warm-start its child's training."""
         arch = arch or self.derive()
-        child = arch.build(num_classes=self.num_classes, width_mult=self.width_mult)
+        child = build_child(arch, num_classes=self.num_classes, width_mult=self.width_mult)
         child.conv_stem.load_state_dict(self.stem[0].state_dict())
         child.bn1.load_state_dict(self.stem[1].state_dict())
         child.conv_head.load_state_dict(self.head.conv[0].state_dict())

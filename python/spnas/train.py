@@ -27,6 +27,7 @@ from .config import DEFAULTS, PROCESS_KNOBS, SearchConfig, TrainConfig
 from .data import augment
 from .errors import SpnasError
 from .io import atomic_torch_save
+from .layers import build_child
 from .optim import EMA, RMSpropTF, learning_rate
 from .space import Architecture
 from .training import (
@@ -143,7 +144,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     fmt = memory_format(cfg.memory_format)
-    net = arch.build(num_classes=num_classes, drop_rate=cfg.dropout)
+    net = build_child(arch, num_classes=num_classes, drop_rate=cfg.dropout)
     if init is not None:
         net.load_state_dict(init)
     net = net.to(d.device, memory_format=fmt)
@@ -159,7 +160,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     model = data_parallel(net, d)
     if cfg.compile:
         model = torch.compile(model)
-    eval_net = arch.build(num_classes=num_classes).to(d.device, memory_format=fmt)
+    eval_net = build_child(arch, num_classes=num_classes).to(d.device, memory_format=fmt)
 
     d.say(out, f"spnas train -> {run_dir}\n  data: {split.description}\n"
                f"  network: {' '.join(arch.ops)} ({arch.space.name}), "

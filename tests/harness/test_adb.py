@@ -9,7 +9,8 @@ import pytest
 
 from spnas.harness import adb as adb_module
 from spnas.harness.adb import AdbBenchmark, parse_benchmark_output
-from spnas.harness.benchmark import BenchmarkError, DeviceLostError, make_benchmark
+from spnas.harness.backends import make_benchmark
+from spnas.harness.benchmark import BenchmarkError, DeviceLostError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

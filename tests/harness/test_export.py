@@ -10,6 +10,7 @@ from spnas.errors import SpnasError
 from spnas.harness.export import ExportError, _compare, export, load_weights
 from spnas.harness.pieces import layer_pieces
 from spnas.space import Architecture
+from spnas.layers import build_child
 
 from harness_fakes import TINY
 
@@ -17,7 +18,7 @@ from harness_fakes import TINY
 
 def tiny_net():
     torch.manual_seed(0)
-    net = Architecture(["k5_e6", "k3_e3", "k5_e3"], TINY).build(num_classes=10).eval()
+    net = build_child(Architecture(["k5_e6", "k3_e3", "k5_e3"], TINY), num_classes=10).eval()
     # non-trivial BN statistics, so folding them into the convolutions is actually tested
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -97,12 +98,12 @@ def test_load_weights(tmp_path):
     source = tiny_net()
     path = str(tmp_path / "ckpt.pt")
     torch.save({"epoch": 3, "model": {"module." + k: v for k, v in source.state_dict().items()}}, path)
-    target = Architecture(["k5_e6", "k3_e3", "k5_e3"], TINY).build(num_classes=10).eval()
+    target = build_child(Architecture(["k5_e6", "k3_e3", "k5_e3"], TINY), num_classes=10).eval()
     load_weights(target, path)
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(target(x), source(x))
 
-    other = Architecture(["k3_e3", "k3_e3", "k5_e3"], TINY).build(num_classes=10)
+    other = build_child(Architecture(["k3_e3", "k3_e3", "k5_e3"], TINY), num_classes=10)
     with pytest.raises(SpnasError, match="does not fit this architecture"):
         load_weights(other, path)
     with pytest.raises(SpnasError, match="no such file"):

@@ -8,6 +8,7 @@ import torch
 
 from spnas.harness import cli
 from spnas.space import Architecture
+from spnas.layers import build_child
 
 from harness_fakes import TINY
 
@@ -27,7 +28,7 @@ def arch_file(tmp_path):
 
 
 def test_export_torchscript_with_weights(tmp_path, arch_file, capsys):
-    net = Architecture.load(arch_file).build(num_classes=10)
+    net = build_child(Architecture.load(arch_file), num_classes=10)
     torch.save({"model": net.state_dict()}, str(tmp_path / "ckpt.pt"))
     out = str(tmp_path / "net.pt")
     code = run(["export", arch_file, "--format", "torchscript", "--weights", str(tmp_path / "ckpt.pt"),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spnas.harness.benchmark import make_benchmark
+from spnas.harness.backends import make_benchmark
 from spnas.harness.profile import profile
 from spnas.harness.validate import validate
 from spnas.space import SearchSpace, register_space

@@ -14,6 +14,7 @@ from spnas.cli import main
 from spnas.data import digits
 from spnas.harness.export import load_weights
 from spnas.space import Architecture
+from spnas.layers import build_child
 
 IMAGE = 16
 HAVE_TFLITE = importlib.util.find_spec("litert_torch") is not None and (
@@ -35,7 +36,7 @@ def test_search_derive_train_export_latency(tmp_path, capsys):
                  "--batch-size", "16", "--epochs", "1", "--steps-per-epoch", "3", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and (train / "best.pt").exists()
-    net = load_weights(arch.build(num_classes=10), str(train / "best.pt")).eval()
+    net = load_weights(build_child(arch, num_classes=10), str(train / "best.pt")).eval()
 
     if HAVE_TFLITE:
         model = tmp_path / "model.tflite"

@@ -6,6 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from spnas import RuntimeModel, SinglePathSuperNet, SuperDepthwiseConv2d, SuperMBConv
 from spnas.space import SPNASNET_100, Architecture
+from spnas.layers import build_child
 
 torch.manual_seed(0)
 
@@ -84,7 +85,7 @@ def test_supernet_in_a_hard_state_computes_the_derived_child():
     arch = net.derive()
     assert arch.ops[:4] == ["k5_e3", "k3_e6", "k5_e6", "skip"] and arch.ops[9] == "k3_e3"
     child = net.child().eval()
-    assert child.state_dict().keys() == arch.build(num_classes=5, width_mult=0.25).state_dict().keys()
+    assert child.state_dict().keys() == build_child(arch, num_classes=5, width_mult=0.25).state_dict().keys()
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(net(x), child(x), atol=1e-4)
 
@@ -174,7 +175,7 @@ class _NchwActivations(TorchDispatchMode):
 @pytest.mark.parametrize("network", ["supernet-cpu", "supernet-reference", "child"])
 def test_channels_last_step_has_no_layout_conversions(network):
     if network == "child":
-        net = Architecture(list(SPNASNET_100)).build(num_classes=10, width_mult=0.25)
+        net = build_child(Architecture(list(SPNASNET_100)), num_classes=10, width_mult=0.25)
     else:
         net = SinglePathSuperNet(num_classes=10, width_mult=0.25, op_backend=network.split("-")[1])
     net = net.to(memory_format=torch.channels_last)

@@ -11,6 +11,7 @@ import torch
 import spnas_ops
 from spnas.cli import main
 from spnas.space import SPNASNET_100, Architecture
+from spnas.layers import build_child
 
 from test_cli_errors import one_line_error
 
@@ -150,4 +151,4 @@ def test_train_init_from_a_search(capsys, runs, tmp_path):
     shadow = load_checkpoint(str(wide / "checkpoint.pt"))["ema"]["shadow"]
     assert torch.equal(weights["conv_stem.weight"], shadow["stem.0.weight"])
     assert torch.equal(weights["classifier.bias"], shadow["head.classifier.bias"])
-    arch.build(num_classes=10).load_state_dict(weights)  # strict
+    build_child(arch, num_classes=10).load_state_dict(weights)  # strict

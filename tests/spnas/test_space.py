@@ -4,6 +4,7 @@ import pytest
 
 from spnas import Architecture, OPS, SearchSpace, SpnasError
 from spnas.space import MNASNET, SPNASNET_100, BlockSpec
+from spnas.layers import build_child
 
 # timm's arch_def of spnasnet_100 (the authors' final Pixel 1 network).
 TIMM_SPNASNET_100 = [
@@ -51,7 +52,7 @@ def test_json_round_trip(tmp_path):
 
 
 def test_authors_net_has_4_42m_parameters():
-    net = Architecture(SPNASNET_100).build(num_classes=1000)
+    net = build_child(Architecture(SPNASNET_100), num_classes=1000)
     n = sum(p.numel() for p in net.parameters())
     assert round(n / 1e6, 2) == 4.42, n
 

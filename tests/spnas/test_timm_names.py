@@ -9,6 +9,7 @@ import torch
 
 from spnas import Architecture
 from spnas.space import SPNASNET_100
+from spnas.layers import build_child
 
 # timm's _gen_spnasnet arch_def, one list of block strings per stage.
 TIMM_SPNASNET_100 = [
@@ -54,7 +55,7 @@ def timm_keys(arch_def, stem=32, head=1280, classes=1000):
 def test_the_authors_network_is_keyed_as_timm_keys_spnasnet_100():
     arch = Architecture(list(SPNASNET_100))
     assert arch.block_strings() == TIMM_SPNASNET_100
-    net = arch.build()
+    net = build_child(arch)
     ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert ours == timm_keys(TIMM_SPNASNET_100)
     # timm lists spnasnet_100 with 4.42 M parameters
@@ -68,6 +69,6 @@ def test_a_timm_keyed_state_dict_loads_strictly_and_runs():
     for k in state:
         if k.endswith("running_var"):
             state[k] = state[k].abs() + 0.5
-    net = arch.build()
+    net = build_child(arch)
     net.load_state_dict(state, strict=True)
     assert net.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from spnas.cli import main
 from spnas.harness.export import load_weights
+from spnas.layers import build_child
 from spnas.space import SPNASNET_100, Architecture
 from spnas.train import TrainConfig, augment, run_train
 from spnas.training import load_checkpoint
@@ -49,7 +50,7 @@ def test_train_via_cli_writes_an_exportable_best_checkpoint(tmp_path, arch_file,
     assert config["epochs"] == 2 and config["rmsprop_eps"] == 1e-3 and config["dropout"] == 0.2
     assert load_checkpoint(str(run / "checkpoint.pt"))["step"] == 6
     # best.pt is what `spnas export ARCH.json --weights` loads
-    net = load_weights(Architecture.load(str(run / "arch.json")).build(num_classes=10), str(run / "best.pt"))
+    net = load_weights(build_child(Architecture.load(str(run / "arch.json")), num_classes=10), str(run / "best.pt"))
     ema = load_checkpoint(str(run / "checkpoint.pt"))["ema"]["shadow"]
     best_epoch = max(epochs, key=lambda r: r["val_top1_ema"])["epoch"]
     if best_epoch == 2:

@@ -18,7 +18,8 @@ from ..lazy import lazy_names
 
 # Loaded on first use: they import torch, and `spnas --help` registers the harness commands.
 _LAZY = {**{name: "benchmark" for name in ("Benchmark", "BenchmarkError", "DeviceLostError",
-                                           "Measurement", "make_benchmark")},
+                                           "Measurement")},
+         "make_benchmark": "backends",
          **{name: "export" for name in ("FORMATS", "ExportError", "ExportResult", "load_weights")},
          "accuracy_summary": "validate"}
 

@@ -18,8 +18,6 @@ __all__ = [
     "Benchmark",
     "BenchmarkError",
     "DeviceLostError",
-    "BACKENDS",
-    "make_benchmark",
     "summarize_ms",
     "best_of_passes",
 ]
@@ -106,31 +104,6 @@ class Benchmark(Protocol):
     def protocol(self) -> dict[str, Any]:
         """JSON-able description: backend, runtime, runtime_version, threads, runs, device."""
         ...
-
-
-def _litert(**options: Any) -> Benchmark:
-    from .litert import LiteRTBenchmark
-
-    return LiteRTBenchmark(**options)
-
-
-def _adb(**options: Any) -> Benchmark:
-    from .adb import AdbBenchmark
-
-    return AdbBenchmark(**options)
-
-
-# Backends by the name the CLI and the runtime-model protocol use.
-BACKENDS = {"litert": _litert, "adb": _adb}
-
-
-def make_benchmark(name: str, **options: Any) -> Benchmark:
-    """Backend `name` ("litert" or "adb") built with its keyword options."""
-    try:
-        factory = BACKENDS[name]
-    except KeyError:
-        raise SpnasError(f"backend must be one of {sorted(BACKENDS)}, got {name!r}") from None
-    return factory(**options)
 
 
 def check_positive(name: str, value: int, minimum: int = 1) -> int:

@@ -73,7 +73,7 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _make_benchmark(args: argparse.Namespace):
-    from .benchmark import make_benchmark
+    from .backends import make_benchmark
 
     common = dict(threads=args.threads, runs=args.runs, warmup_runs=args.warmup_runs)
     if args.backend == "adb":
@@ -159,6 +159,7 @@ def _export_input(args: argparse.Namespace) -> tuple[int, int, list[str]]:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from ..layers import build_child
     from ..space import Architecture
     from .export import export, load_weights
 
@@ -167,7 +168,7 @@ def _export(args: argparse.Namespace) -> int:
     size, classes, notes = _export_input(args)
     if notes:
         print(f"input: {', '.join(notes)}")
-    model = arch.build(num_classes=classes)
+    model = build_child(arch, num_classes=classes)
     if args.weights:
         load_weights(model, args.weights)
     result = export(model, (1, 3, size, size), args.out, fmt, rtol=args.rtol)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ..errors import SpnasError
 from ..io import atomic_write_json
+from ..layers import build_child
 from ..runtime import RuntimeModel
 from ..space import (CONV_OPS, Architecture, get_space, layer_input_shapes,
                      random_architecture)
@@ -63,7 +64,7 @@ def plan(space, image_size: int, num_classes: int, calibrate: int, seed: int) ->
     for k in range(calibrate):
         arch = random_architecture(space, rng)
         pieces.append(Piece(f"network{k}", (1, 3, image_size, image_size),
-                            lambda arch=arch: arch.build(num_classes=num_classes), op=",".join(arch.ops)))
+                            lambda arch=arch: build_child(arch, num_classes=num_classes), op=",".join(arch.ops)))
     return pieces
 
 

@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 from ..errors import SpnasError
 from ..io import atomic_write, atomic_write_json
+from ..layers import build_child
 from ..runtime import RuntimeModel
-from ..space import Architecture, get_space
+from ..space import Architecture, get_space, random_architecture
 from .benchmark import Benchmark, best_of_passes
 from .export import export_tflite
-from ..space import random_architecture
 
 __all__ = ["validate", "accuracy_summary", "sample_architectures"]
 
@@ -128,7 +128,7 @@ def validate(
                     continue
                 path = model_file(arch)
                 if not os.path.exists(path):
-                    exporter(arch.build(num_classes=num_classes), (1, 3, image_size, image_size), path)
+                    exporter(build_child(arch, num_classes=num_classes), (1, 3, image_size, image_size), path)
                 entry["passes"].append(benchmark.measure(path).to_dict())
                 entry.update(best_of_passes(entry["passes"]).to_dict())
                 atomic_write_json(state_path, {"setup": setup, "measurements": done})
