@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import SpnasError
+from .errors import SpnasError, ToolError
 
 COMMANDS = (
     "spnas.commands.search",
@@ -20,7 +20,9 @@ COMMANDS = (
     "spnas.commands.plot",
     "spnas.commands.train",
     "spnas.commands.bench",
-    "spnas.harness.cli",
+    "spnas.commands.export",
+    "spnas.commands.profile",
+    "spnas.commands.validate",
 )
 
 
@@ -61,16 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    # One error policy for every command (errors.py): a line on stderr, never a traceback.
     try:
         return int(args.func(args) or 0)
     except SpnasError as err:
         print(f"spnas {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"spnas {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except ToolError as err:
+        print(f"spnas {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
+    except OSError as err:  # a file or folder the system refused: the user's to fix
+        where = f": {err.filename}" if err.filename else ""
+        print(f"spnas {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spnas {args.command}: interrupted; finished work is kept (rerun or --resume "
+              f"to continue)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

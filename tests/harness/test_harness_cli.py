@@ -1,12 +1,11 @@
 """The harness commands through argparse: results, and one-line errors with exit code 2."""
 
-import argparse
 import json
 
 import pytest
 import torch
 
-from spnas.harness import cli
+from spnas.cli import main
 from spnas.space import Architecture
 from spnas.layers import build_child
 
@@ -14,10 +13,7 @@ from harness_fakes import TINY
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="spnas")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 @pytest.fixture
@@ -71,6 +67,6 @@ def test_bad_runtime_model_field(tmp_path, capsys):
 
 
 def test_flag_type_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as e:
-        run(["validate", "--model", "x", "--out", "y", "--samples", "0"])
-    assert e.value.code == 2
+    assert run(["validate", "--model", "x", "--out", "y", "--samples", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--samples" in err and len(err.strip().splitlines()) == 1

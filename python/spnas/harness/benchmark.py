@@ -11,7 +11,7 @@ import dataclasses
 import statistics
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import SpnasError
+from ..errors import SpnasError, ToolError
 
 __all__ = [
     "Measurement",
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(ToolError):
     """A model could not be timed (runtime missing, tool failed, output not understood)."""
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SpnasError
+from ..errors import SpnasError, ToolError
 from ..io import atomic_write
 
 __all__ = [
@@ -46,7 +46,7 @@ FORMATS = ("tflite", "onnx", "torchscript")
 DEFAULT_RTOL = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(ToolError):
     """Conversion failed, or the exported file does not reproduce the PyTorch output."""
 
 
