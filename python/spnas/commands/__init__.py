@@ -1,19 +1,29 @@
-"""The subcommands of `spnas` that drive a search: search, derive, latency, plot."""
+"""The subcommands of `spnas`, one module each (spnas/cli.py lists them), and the argument
+types and run-folder arguments they share."""
 
 from __future__ import annotations
 
 import argparse
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse reports anything else in one line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """argparse type: a whole number >= minimum (argparse reports anything else in one line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in some messages
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
 
 
 def refuse_recipe_flags(args: argparse.Namespace, flags) -> None:

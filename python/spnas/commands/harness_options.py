@@ -5,17 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import positive_int
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+from . import non_negative_int, positive_int
 
 
 def cpu_list(text: str) -> list[int]:

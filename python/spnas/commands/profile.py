@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from . import positive_int
-from .harness_options import add_backend_options, benchmark_from, non_negative_int
+from . import non_negative_int, positive_int
+from .harness_options import add_backend_options, benchmark_from
 
 
 def _profile(args: argparse.Namespace) -> int:
