@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 from .errors import SpnasError
 
@@ -93,6 +93,19 @@ class BlockSpec:
         return f"{self.kind}_r{self.repeats}_k{self.kernel}_s{self.stride}{e}_c{self.out}{tail}"
 
 
+class Layer(NamedTuple):
+    """A block of a space as `SearchSpace.walk` yields it."""
+    stage: int                  # index into the space's stages
+    position: int               # repeat index within the stage
+    spec: BlockSpec
+    stride: int                 # the stage's stride on its first block, else 1
+    cin: int
+    cout: int
+    in_size: int | None         # input height = width, when walked at an image size
+    index: int | None           # searchable layer index (the runtime model's), None if fixed
+    skippable: bool             # a searchable layer that may be skipped (not a stage's first)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """A network skeleton: stem conv3x3 s2 -> stages (block strings) -> conv1x1 head -> pool -> FC.
@@ -124,18 +137,29 @@ class SearchSpace:
         """Number of searchable layers (20 in "mnasnet")."""
         return sum(b.repeats for b in self.blocks if b.kind == "sp")
 
+    def walk(self, image_size: int | None = None, width_mult: float = 1.0) -> Iterator["Layer"]:
+        """Every block after the stem, in order: the one walk over a space that the supernet, the
+        child builder's checks, the runtime model and the harness all use."""
+        cin = scale_width(self.stem, width_mult)
+        size = downsample(image_size, 2) if image_size else None
+        index = 0
+        for stage, spec in enumerate(self.blocks):
+            cout = scale_width(spec.out, width_mult)
+            for position in range(spec.repeats):
+                stride = spec.stride if position == 0 else 1
+                searchable = spec.kind == "sp"
+                yield Layer(stage, position, spec, stride, cin, cout, size,
+                            index if searchable else None, searchable and position > 0)
+                index += searchable
+                cin = cout
+                size = downsample(size, stride) if size else None
+
     def layers(self) -> list[dict]:
         """One entry per searchable layer: stage, position in the stage, stride, in/out channels,
         skippable, at width 1.0. This is also what the runtime model's layer index refers to."""
-        out, in_ch = [], self.stem
-        for si, b in enumerate(self.blocks):
-            for r in range(b.repeats):
-                if b.kind == "sp":
-                    out.append({"index": len(out), "stage": si, "position": r,
-                                "stride": b.stride if r == 0 else 1, "in": in_ch, "out": b.out,
-                                "skippable": r > 0})
-                in_ch = b.out
-        return out
+        return [{"index": l.index, "stage": l.stage, "position": l.position, "stride": l.stride,
+                 "in": l.cin, "out": l.cout, "skippable": l.skippable}
+                for l in self.walk() if l.index is not None]
 
     def to_json(self) -> dict:
         return {"name": self.name, "stem": self.stem, "stages": list(self.stages), "head": self.head,
@@ -212,27 +236,14 @@ def downsample(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def block_inputs(space: "str | SearchSpace", image_size: int):
-    """(block spec, repeat index, in_channels, in_size, stride) for every block after the stem,
-    at width 1.0 and a square `image_size` input."""
-    space = get_space(space)
-    size = downsample(image_size, 2)
-    cin = space.stem
-    for spec in space.blocks:
-        for r in range(spec.repeats):
-            stride = spec.stride if r == 0 else 1
-            yield spec, r, cin, size, stride
-            cin, size = spec.out, downsample(size, stride)
-
-
 def layer_input_shapes(space: "str | SearchSpace", image_size: int) -> list[tuple[int, int, int, int]]:
     """NCHW input shape (batch 1) of each searchable layer, in the index order of `space.layers()`.
 
     Skipped layers keep the shape (a skippable layer has stride 1 and equal widths), so the
     shape does not depend on the other layers' choices.
     """
-    return [(1, cin, size, size) for spec, _, cin, size, _ in block_inputs(space, image_size)
-            if spec.kind == "sp"]
+    return [(1, l.cin, l.in_size, l.in_size) for l in get_space(space).walk(image_size)
+            if l.index is not None]
 
 
 ARCH_FORMAT = "spnas-architecture"
@@ -381,6 +392,6 @@ def random_architecture(space: "str | SearchSpace", rng: random.Random) -> Archi
 
 
 __all__ = ["OPS", "CONV_OPS", "OP_SHAPE", "BlockSpec", "SearchSpace", "MNASNET", "register_space",
-           "downsample", "block_inputs", "layer_input_shapes", "random_architecture",
+           "downsample", "Layer", "layer_input_shapes", "random_architecture",
            "get_space", "Architecture", "SPNASNET_100", "op_from_decisions", "make_divisible",
            "scale_width"]

@@ -24,22 +24,19 @@ class SinglePathSuperNet(nn.Module):
         self.space = get_space(space)
         self.num_classes, self.width_mult, self.op_backend = num_classes, width_mult, op_backend
         eps = self.space.bn_eps
-        cin = scale_width(self.space.stem, width_mult)
-        self.stem = ConvBnReLU(3, cin, 3, 2, bn_eps=eps)
+        self.stem = ConvBnReLU(3, scale_width(self.space.stem, width_mult), 3, 2, bn_eps=eps)
         blocks: list[nn.Module] = []
         self._searchable: list[int] = []  # indices into self.blocks of the SuperMBConvs
-        for spec in self.space.blocks:
-            cout = scale_width(spec.out, width_mult)
-            for r in range(spec.repeats):
-                stride = spec.stride if r == 0 else 1
-                if spec.kind == "sp":
-                    self._searchable.append(len(blocks))
-                    blocks.append(SuperMBConv(cin, cout, stride, skippable=r > 0,
-                                              op_backend=op_backend, bn_eps=eps))
-                else:
-                    blocks.append(make_block(spec.kind, cin, cout, spec.kernel, stride,
-                                             spec.expand, spec.noskip, eps))
-                cin = cout
+        for layer in self.space.walk(width_mult=width_mult):
+            spec = layer.spec
+            if layer.index is not None:
+                self._searchable.append(len(blocks))
+                blocks.append(SuperMBConv(layer.cin, layer.cout, layer.stride, layer.skippable,
+                                          op_backend=op_backend, bn_eps=eps))
+            else:
+                blocks.append(make_block(spec.kind, layer.cin, layer.cout, spec.kernel, layer.stride,
+                                         spec.expand, spec.noskip, eps))
+        cin = layer.cout
         self.blocks = nn.ModuleList(blocks)
         self.head = Head(cin, scale_width(self.space.head, width_mult), num_classes, drop_rate, eps)
         self._decisions: list[torch.Tensor] | None = None

@@ -13,7 +13,7 @@ from typing import Callable
 from torch import nn
 
 from ..layers import ConvBnReLU, Head, make_block
-from ..space import (CONV_OPS, OP_SHAPE, SearchSpace, block_inputs, downsample, get_space,
+from ..space import (CONV_OPS, OP_SHAPE, SearchSpace, downsample, get_space,
                      layer_input_shapes)
 
 __all__ = ["Piece", "layer_pieces", "fixed_pieces"]
@@ -58,18 +58,17 @@ def fixed_pieces(space: "str | SearchSpace", image_size: int, num_classes: int =
     space = get_space(space)
     runs: list[dict] = []  # {"start": (cin, size), "blocks": [...]} per run of fixed blocks
     current = None
-    for spec, r, cin, size, stride in block_inputs(space, image_size):
-        if spec.kind == "sp":
+    last_size = image_size
+    for layer in space.walk(image_size):
+        last_size = downsample(layer.in_size, layer.stride)
+        if layer.spec.kind == "sp":
             current = None
             continue
         if current is None:
-            current = {"cin": cin, "size": size, "blocks": []}
+            current = {"cin": layer.cin, "size": layer.in_size, "blocks": []}
             runs.append(current)
-        current["blocks"].append((spec, cin, stride))
+        current["blocks"].append((layer.spec, layer.cin, layer.stride))
     last_out = space.blocks[-1].out
-    last_size = image_size
-    for _, _, _, size, stride in block_inputs(space, image_size):
-        last_size = downsample(size, stride)
     first_is_fixed = space.blocks[0].kind != "sp"
     last_is_fixed = space.blocks[-1].kind != "sp"
     if not first_is_fixed:
