@@ -32,13 +32,11 @@ import spnas_ops
 
 from . import data as datamod
 from .errors import SpnasError
-from .io import atomic_torch_save
 from .optim import EMA, RMSpropTF, learning_rate
 from .config import SearchConfig
 from .runtime import RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
-from .config import PROCESS_KNOBS
 from .training import (
     CHECKPOINT,
     METRICS,
@@ -47,20 +45,18 @@ from .training import (
     StopFlag,
     autocast,
     check_finite,
-    check_run_dir,
     close_loop,
     create_run_dir,
     data_parallel,
     decay_parameters,
     epoch_batches,
     evaluate,
-    fresh_run_dir,
     load_checkpoint,
     memory_format,
+    open_run,
     progress_bar,
     restore,
-    resume_point,
-    truncate_metrics,
+    save_checkpoint,
 )
 from .training import steps_per_epoch as count_steps
 
@@ -185,23 +181,9 @@ def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
 
 
 def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
-    ckpt = None
-    if resume:
-        ckpt, saved_config = resume_point(cfg.run_dir, "search")
-        known = {f.name for f in dataclasses.fields(SearchConfig)}
-        saved = {k: v for k, v in saved_config.items() if k in known}
-        for key in PROCESS_KNOBS:  # the saved recipe wins; only how this process runs may change
-            saved[key] = getattr(cfg, key)
-        cfg = SearchConfig(**saved)
-        cfg.check()
-    else:
-        if cfg.run_dir is None:
-            cfg.run_dir = d.broadcast(fresh_run_dir(os.path.join("runs", "search"), (CHECKPOINT, ARCH)) if d.main else None)
-        elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
-            raise SpnasError(f"--run-dir {cfg.run_dir} already holds a search; continue it with "
-                             f"--resume {cfg.run_dir} or choose another --run-dir")
+    cfg, ckpt = open_run(cfg, resume, d, "search", (CHECKPOINT, ARCH))
+    cfg.check()
     run_dir = cfg.run_dir
-    check_run_dir(run_dir)
 
     # Every argument is checked before the run folder is made.
     space = get_space(cfg.space)
@@ -236,11 +218,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     opt = RMSpropTF(groups, lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
     ema = EMA(net, cfg.ema_decay)
-    steps_done, lam = 0, (0.0 if cfg.target_ms else cfg.lam)
-    if ckpt is not None:
-        steps_done, lam = restore(ckpt, net, opt, ema, d, run_dir), float(ckpt["lambda"])
-    elif resume and d.main:  # killed before its first checkpoint: start over, log included
-        truncate_metrics(os.path.join(run_dir, METRICS), 0)
+    steps_done = restore(ckpt, net, opt, ema, d, run_dir)
+    lam = float(ckpt["lambda"]) if ckpt is not None else (0.0 if cfg.target_ms else cfg.lam)
     controller = None
     if cfg.target_ms:
         controller = LambdaController(cfg.target_ms, cfg.lambda_gain, cfg.lambda_adapt_rate,
@@ -268,13 +247,11 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     bar = progress_bar(d.main and cfg.progress, total_steps, steps_done, "search")
 
     def save() -> None:
-        if d.main:
-            atomic_torch_save(os.path.join(run_dir, CHECKPOINT), {
-                "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
-                "lambda": lam, "config": dataclasses.asdict(cfg), "model": net.state_dict(),
-                "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                **({"controller": controller.state_dict()} if controller else {})})
-        d.barrier()
+        save_checkpoint(d, run_dir, {
+            "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
+            "lambda": lam, "config": dataclasses.asdict(cfg), "model": net.state_dict(),
+            "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+            **({"controller": controller.state_dict()} if controller else {})})
 
     interrupted = False
     started = time.time()

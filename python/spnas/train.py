@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as datamod
-from .config import DEFAULTS, PROCESS_KNOBS, SearchConfig, TrainConfig
+from .config import DEFAULTS, SearchConfig, TrainConfig
 from .data import augment
 from .errors import SpnasError
 from .io import atomic_torch_save
@@ -38,20 +38,19 @@ from .training import (
     StopFlag,
     autocast,
     check_finite,
-    check_run_dir,
     close_loop,
     create_run_dir,
     data_parallel,
     decay_parameters,
     epoch_batches,
     evaluate_topk,
-    fresh_run_dir,
     memory_format,
+    open_run,
     progress_bar,
     restore,
     resume_point,
+    save_checkpoint,
     steps_per_epoch,
-    truncate_metrics,
 )
 
 BEST = "best.pt"          # the best EMA weights as a bare state dict: `spnas export --weights`
@@ -98,14 +97,13 @@ def run_train(arch: Architecture | str | None, cfg: TrainConfig, resume: bool = 
 
 
 def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
-    ckpt = None
+    if not resume:
+        if arch is None:
+            raise SpnasError("give the architecture to train: spnas train ARCH.json")
+        arch = Architecture.load(arch) if isinstance(arch, str) else arch
+        cfg = cfg.resolve()
+    cfg, ckpt = open_run(cfg, resume, d, "train", (CHECKPOINT, BEST))
     if resume:
-        ckpt, saved_config = resume_point(cfg.run_dir, "train")
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = {k: v for k, v in saved_config.items() if k in known}
-        for key in PROCESS_KNOBS:  # the saved recipe wins; only how this process runs may change
-            saved[key] = getattr(cfg, key)
-        cfg = TrainConfig(**saved)
         saved_arch = (Architecture.from_json(ckpt["arch"], where=f"{cfg.run_dir}/{CHECKPOINT}")
                       if ckpt is not None else Architecture.load(os.path.join(cfg.run_dir, ARCH)))
         if arch is not None:
@@ -114,20 +112,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                 raise SpnasError(f"ARCH.json differs from the architecture {cfg.run_dir} was trained "
                                  f"with; leave it out to resume")
         arch = saved_arch
-    else:
-        if arch is None:
-            raise SpnasError("give the architecture to train: spnas train ARCH.json")
-        arch = Architecture.load(arch) if isinstance(arch, str) else arch
-        cfg = cfg.resolve()
-        if cfg.run_dir is None:
-            cfg.run_dir = d.broadcast(fresh_run_dir(os.path.join("runs", "train"), (CHECKPOINT, BEST))
-                                      if d.main else None)
-        elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
-            raise SpnasError(f"--run-dir {cfg.run_dir} already holds a training; continue it with "
-                             f"--resume {cfg.run_dir} or choose another --run-dir")
     cfg.check()
     run_dir = cfg.run_dir
-    check_run_dir(run_dir)
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
     init = (searched_weights(cfg.init_from, arch, len(split.classes))
             if cfg.init_from and ckpt is None else None)
@@ -152,11 +138,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     opt = RMSpropTF(net.parameters(), lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
     ema = EMA(net, cfg.ema_decay)
-    steps_done, best = 0, {"top1": -1.0, "top5": -1.0, "epoch": 0}
-    if ckpt is not None:
-        steps_done, best = restore(ckpt, net, opt, ema, d, run_dir), dict(ckpt["best"])
-    elif resume and d.main:  # killed before its first checkpoint: start over, log included
-        truncate_metrics(os.path.join(run_dir, METRICS), 0)
+    steps_done = restore(ckpt, net, opt, ema, d, run_dir)
+    best = dict(ckpt["best"]) if ckpt is not None else {"top1": -1.0, "top5": -1.0, "epoch": 0}
     model = data_parallel(net, d)
     if cfg.compile:
         model = torch.compile(model)
@@ -175,12 +158,10 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     bar = progress_bar(d.main and cfg.progress, total_steps, steps_done, "train")
 
     def save() -> None:
-        if d.main:
-            atomic_torch_save(os.path.join(run_dir, CHECKPOINT), {
-                "format": "spnas-train-checkpoint", "version": 1, "step": steps_done, "best": best,
-                "config": dataclasses.asdict(cfg), "arch": arch.to_json(), "model": net.state_dict(),
-                "optimizer": opt.state_dict(), "ema": ema.state_dict()})
-        d.barrier()
+        save_checkpoint(d, run_dir, {
+            "format": "spnas-train-checkpoint", "version": 1, "step": steps_done, "best": best,
+            "config": dataclasses.asdict(cfg), "arch": arch.to_json(), "model": net.state_dict(),
+            "optimizer": opt.state_dict(), "ema": ema.state_dict()})
 
     interrupted = False
     started = time.time()

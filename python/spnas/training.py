@@ -10,6 +10,7 @@ The pieces live here so both loops use one implementation of each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import json
 import os
@@ -20,8 +21,9 @@ import torch
 import torch.distributed as dist
 
 from . import data as datamod
+from .config import PROCESS_KNOBS
 from .errors import SpnasError
-from .io import atomic_write, atomic_write_json, read_json
+from .io import atomic_torch_save, atomic_write, atomic_write_json, read_json
 
 __all__ = [
     "Dist",
@@ -253,6 +255,35 @@ def resume_point(run_dir: str, command: str) -> tuple[dict | None, dict]:
     return ckpt, dict(ckpt.get("config", {}))
 
 
+def open_run(cfg, resume: bool, d: "Dist", command: str, markers: tuple[str, ...]):
+    """(config, checkpoint or None) of a `command` run ("search" or "train"): resumed, the saved
+    recipe with this process's knobs (PROCESS_KNOBS) over it; or new, in --run-dir or the first
+    free runs/<command>[-N]. Nothing is created here."""
+    ckpt = None
+    if resume:
+        ckpt, saved_config = resume_point(cfg.run_dir, command)
+        known = {f.name for f in dataclasses.fields(type(cfg))}
+        saved = {k: v for k, v in saved_config.items() if k in known}
+        for key in PROCESS_KNOBS:
+            saved[key] = getattr(cfg, key)
+        cfg = type(cfg)(**saved)
+    elif cfg.run_dir is None:
+        cfg.run_dir = d.broadcast(fresh_run_dir(os.path.join("runs", command), markers)
+                                  if d.main else None)
+    elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
+        raise SpnasError(f"--run-dir {cfg.run_dir} already holds a {command} run; continue it "
+                         f"with --resume {cfg.run_dir} or choose another --run-dir")
+    check_run_dir(cfg.run_dir)
+    return cfg, ckpt
+
+
+def save_checkpoint(d: "Dist", run_dir: str, state: dict) -> None:
+    """The run's checkpoint.pt, written atomically by the main process; every rank waits."""
+    if d.main:
+        atomic_torch_save(os.path.join(run_dir, CHECKPOINT), state)
+    d.barrier()
+
+
 def steps_per_epoch(num_train: int, batch_size: int, world: int, cap: int | None) -> int:
     """Whole global batches in the training split, at most `cap` (--steps-per-epoch)."""
     steps = num_train // (batch_size * world)
@@ -308,9 +339,14 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int, device, workers: 
 METRICS = "metrics.jsonl"
 
 
-def restore(ckpt: dict, net: torch.nn.Module, opt, ema, d: Dist, run_dir: str) -> int:
+def restore(ckpt: dict | None, net: torch.nn.Module, opt, ema, d: Dist, run_dir: str) -> int:
     """Loads a checkpoint's model, optimizer and EMA; drops metrics written after it. Returns
-    the number of steps it had done."""
+    the number of steps it had done. Without a checkpoint (a new run, or one killed before its
+    first checkpoint landed) the run starts at step 0 with an empty log."""
+    if ckpt is None:
+        if d.main:
+            truncate_metrics(os.path.join(run_dir, METRICS), 0)
+        return 0
     net.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     ema.load_state_dict(ckpt["ema"])
