@@ -71,7 +71,7 @@ class SearchConfig:
     steps_per_epoch: int | None = None  # cap (None: the whole training split)
     seed: int = 0
     device: str = "auto"
-    memory_format: str = "auto"         # auto = channels_last (training.memory_format)
+    memory_format: str = "auto"         # auto = channels_last (runs.memory_format)
     precision: str = "fp32"             # fp32, or bf16 autocast
     compile: bool = False               # the training step's model under torch.compile
     log_every: int = 10
@@ -151,7 +151,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10
     progress: bool = True
-    memory_format: str = "auto"         # auto = channels_last (training.memory_format)
+    memory_format: str = "auto"         # auto = channels_last (runs.memory_format)
     precision: str = "fp32"             # fp32, or bf16 autocast
     compile: bool = False               # the training step's model under torch.compile
     init_from: str | None = None        # a search run: start from its supernet's (EMA) weights

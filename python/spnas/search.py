@@ -37,7 +37,7 @@ from .config import SearchConfig
 from .runtime import RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
-from .training import (
+from .runs import (
     CHECKPOINT,
     METRICS,
     Dist,
@@ -58,7 +58,7 @@ from .training import (
     restore,
     save_checkpoint,
 )
-from .training import steps_per_epoch as count_steps
+from .runs import steps_per_epoch as count_steps
 
 ARCH = "arch.json"
 # Fewer steps than this and a search cannot learn enough to rank ops by accuracy (the built-in
@@ -173,15 +173,15 @@ def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
     if cfg.augment is None:
         cfg.augment = datamod.default_augment(cfg.data)
     out = out or sys.stdout
-    d = Dist(cfg.device)
+    ranks = Dist(cfg.device)
     try:
-        return _run(cfg, resume, d, out)
+        return _run(cfg, resume, ranks, out)
     finally:
-        d.close()
+        ranks.close()
 
 
-def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
-    cfg, ckpt = open_run(cfg, resume, d, "search", (CHECKPOINT, ARCH))
+def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
+    cfg, ckpt = open_run(cfg, resume, ranks, "search", (CHECKPOINT, ARCH))
     cfg.check()
     run_dir = cfg.run_dir
 
@@ -192,17 +192,17 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
         raise SpnasError(f"--model {cfg.runtime_model}: runtime model is for space {runtime.space!r} "
                          f"({runtime.num_layers} layers), the search space is {space.name!r} "
                          f"({space.num_layers} layers)")
-    check_op_backend(cfg.op_backend, d.device)
+    check_op_backend(cfg.op_backend, ranks.device)
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
-    if d.main:
+    if ranks.main:
         create_run_dir(run_dir, dataclasses.asdict(cfg))
-    d.barrier()
+    ranks.barrier()
 
-    global_batch = cfg.batch_size * d.world
-    steps_per_epoch = count_steps(len(split.train), cfg.batch_size, d.world, cfg.steps_per_epoch)
+    global_batch = cfg.batch_size * ranks.world
+    steps_per_epoch = count_steps(len(split.train), cfg.batch_size, ranks.world, cfg.steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     if total_steps < MIN_STEPS:
-        d.say(out, f"warning: {total_steps} steps in all ({len(split.train)} training images, global "
+        ranks.say(out, f"warning: {total_steps} steps in all ({len(split.train)} training images, global "
                    f"batch {global_batch}, {cfg.epochs} epochs) are too few for the supernet to "
                    f"learn; the result will follow the latency term, not accuracy (more images, "
                    f"--epochs or a smaller --batch-size)")
@@ -210,7 +210,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     fmt = memory_format(cfg.memory_format)
-    net = build_supernet(cfg, len(split.classes)).to(d.device, memory_format=fmt)
+    net = build_supernet(cfg, len(split.classes)).to(ranks.device, memory_format=fmt)
     decay_params = decay_parameters(net)
     thresholds = {id(t) for t in net.thresholds()}
     groups = [{"params": [p for p in net.parameters() if id(p) not in thresholds], "lr_mult": 1.0},
@@ -218,7 +218,7 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     opt = RMSpropTF(groups, lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
     ema = EMA(net, cfg.ema_decay)
-    steps_done = restore(ckpt, net, opt, ema, d, run_dir)
+    steps_done = restore(ckpt, net, opt, ema, ranks, run_dir)
     lam = float(ckpt["lambda"]) if ckpt is not None else (0.0 if cfg.target_ms else cfg.lam)
     controller = None
     if cfg.target_ms:
@@ -226,15 +226,15 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                                       cfg.lambda_max)
         if ckpt is not None and "controller" in ckpt:
             controller.load_state_dict(ckpt["controller"])
-    model = data_parallel(net, d)
+    model = data_parallel(net, ranks)
     if cfg.compile:
         model = torch.compile(model)
-    eval_net = (build_supernet(cfg, len(split.classes)).to(d.device, memory_format=fmt)
-                if d.main else None)
+    eval_net = (build_supernet(cfg, len(split.classes)).to(ranks.device, memory_format=fmt)
+                if ranks.main else None)
 
-    d.say(out, f"spnas search -> {run_dir}\n  data: {split.description}\n"
+    ranks.say(out, f"spnas search -> {run_dir}\n  data: {split.description}\n"
                  f"  supernet: space {space.name}, width x{cfg.width_mult}, op backend "
-                 f"{cfg.op_backend}; {d.world} process(es) on {d.device.type}\n"
+                 f"{cfg.op_backend}; {ranks.world} process(es) on {ranks.device.type}\n"
                  f"  {cfg.epochs} epochs x {steps_per_epoch} steps, global batch {global_batch}, "
                  f"lr {base_lr:g}; "
                  + (f"lambda controlled to land on {cfg.target_ms:g} ms" if cfg.target_ms
@@ -242,12 +242,12 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                  + f" after epoch {cfg.dropout_epochs:g}; runtime model {cfg.runtime_model}"
                  + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
-    metrics = MetricsLog(os.path.join(run_dir, METRICS), d.main)
+    metrics = MetricsLog(os.path.join(run_dir, METRICS), ranks.main)
     log = metrics.log
-    bar = progress_bar(d.main and cfg.progress, total_steps, steps_done, "search")
+    bar = progress_bar(ranks.main and cfg.progress, total_steps, steps_done, "search")
 
     def save() -> None:
-        save_checkpoint(d, run_dir, {
+        save_checkpoint(ranks, run_dir, {
             "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
             "lambda": lam, "config": dataclasses.asdict(cfg), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "ema": ema.state_dict(),
@@ -258,11 +258,11 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
     val_acc = None  # of the last epoch: the found choices in the supernet's EMA weights
     with StopFlag() as stop:
         while steps_done < total_steps and not interrupted:
-            batches = epoch_batches(len(split.train), cfg.batch_size, d, cfg.seed, steps_per_epoch,
+            batches = epoch_batches(len(split.train), cfg.batch_size, ranks, cfg.seed, steps_per_epoch,
                                     steps_done)
             for x, y in datamod.loader(split.train, batches, cfg.workers):
-                x = x.to(d.device, non_blocking=True, memory_format=fmt)
-                y = y.to(d.device, non_blocking=True)
+                x = x.to(ranks.device, non_blocking=True, memory_format=fmt)
+                y = y.to(ranks.device, non_blocking=True)
                 epoch_f = steps_done / steps_per_epoch
                 lr = learning_rate(base_lr, epoch_f, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs)
                 for group in opt.param_groups:
@@ -277,8 +277,8 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                 scales = None
                 if not searching and cfg.indicator_keep < 1:
                     scales = indicator_scales(len(net.searchable), cfg.indicator_keep, cfg.seed,
-                                              steps_done).to(d.device)
-                with autocast(cfg.precision, d.device):
+                                              steps_done).to(ranks.device)
+                with autocast(cfg.precision, ranks.device):
                     logits = model(x, scales)
                     ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
@@ -307,15 +307,15 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(ce=f"{ce.item():.3f}", ms=f"{hard_ms:.1f}", lam=f"{lam_now:.3g}")
-                if stop.now(d, steps_done, cfg.stop_after_step):
+                if stop.now(ranks, steps_done, cfg.stop_after_step):
                     interrupted = True
                     break
             if interrupted:
                 break
             # end of an epoch: evaluate the EMA weights, log the decisions, checkpoint
-            if d.main:
+            if ranks.main:
                 eval_net.load_state_dict(ema.shadow)
-                val_acc = evaluate(eval_net, split.val, 256, d.device, cfg.workers, fmt, cfg.precision)
+                val_acc = evaluate(eval_net, split.val, 256, ranks.device, cfg.workers, fmt, cfg.precision)
                 arch = net.derive()
                 log({"kind": "epoch", "step": steps_done, "epoch": steps_done // steps_per_epoch,
                      "val_acc_ema": val_acc, "latency_ms": runtime.predict(arch), "lambda": lam,
@@ -323,17 +323,17 @@ def _run(cfg: SearchConfig, resume: bool, d: Dist, out) -> dict:
                      "thresholds": [t.detach().cpu().tolist() for t in net.thresholds()],
                      "seconds": time.time() - started})
             save()
-    close_loop(bar, metrics, interrupted, save, d, out, "search", run_dir, steps_done, total_steps)
+    close_loop(bar, metrics, interrupted, save, ranks, out, "search", run_dir, steps_done, total_steps)
     if interrupted:
         return {"run_dir": run_dir, "finished": False, "step": steps_done}
 
     arch = net.derive()
     predicted = runtime.predict(arch)
     extra = {"runtime_model": cfg.runtime_model, "predicted_ms": round(predicted, 4)}
-    if d.main:
+    if ranks.main:
         arch.save(os.path.join(run_dir, ARCH), **extra)
-    d.barrier()
-    d.say(out, format_result(arch, cfg.runtime_model, predicted, os.path.join(run_dir, ARCH),
+    ranks.barrier()
+    ranks.say(out, format_result(arch, cfg.runtime_model, predicted, os.path.join(run_dir, ARCH),
                                seconds=time.time() - started, val_acc=val_acc, target_ms=cfg.target_ms))
     return {"run_dir": run_dir, "finished": True, "step": steps_done, "arch": arch,
             "predicted_ms": predicted, "val_acc": val_acc, "decisions": net.hard_decisions(),

@@ -8,7 +8,7 @@ is evaluated (top-1/top-5 on the held-out split each epoch) and exported.
 The recipe's epoch counts are ImageNet's (350 epochs of 1.28M images). On the built-in digits
 (1437 training images) the same recipe is kept but its time constants are scaled to the data, see
 DEFAULTS. The loop shares its machinery (processes, batches, resume, logs) with the search, in
-training.py, so a resumed training replays exactly the batches and dropout masks of an
+runs.py, so a resumed training replays exactly the batches and dropout masks of an
 uninterrupted one, on CPU, one GPU, or torchrun DDP.
 """
 
@@ -30,7 +30,7 @@ from .io import atomic_torch_save
 from .layers import build_child
 from .optim import EMA, RMSpropTF, learning_rate
 from .space import Architecture
-from .training import (
+from .runs import (
     CHECKPOINT,
     METRICS,
     Dist,
@@ -89,20 +89,20 @@ def run_train(arch: Architecture | str | None, cfg: TrainConfig, resume: bool = 
     Returns a summary dict; the run folder ends with best.pt (EMA weights of the best epoch).
     """
     out = out or sys.stdout
-    d = Dist(cfg.device if cfg.device else "auto")
+    ranks = Dist(cfg.device if cfg.device else "auto")
     try:
-        return _run(arch, cfg, resume, d, out)
+        return _run(arch, cfg, resume, ranks, out)
     finally:
-        d.close()
+        ranks.close()
 
 
-def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
+def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
     if not resume:
         if arch is None:
             raise SpnasError("give the architecture to train: spnas train ARCH.json")
         arch = Architecture.load(arch) if isinstance(arch, str) else arch
         cfg = cfg.resolve()
-    cfg, ckpt = open_run(cfg, resume, d, "train", (CHECKPOINT, BEST))
+    cfg, ckpt = open_run(cfg, resume, ranks, "train", (CHECKPOINT, BEST))
     if resume:
         saved_arch = (Architecture.from_json(ckpt["arch"], where=f"{cfg.run_dir}/{CHECKPOINT}")
                       if ckpt is not None else Architecture.load(os.path.join(cfg.run_dir, ARCH)))
@@ -117,14 +117,14 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
     init = (searched_weights(cfg.init_from, arch, len(split.classes))
             if cfg.init_from and ckpt is None else None)
-    if d.main:  # every argument checked: now the run folder
+    if ranks.main:  # every argument checked: now the run folder
         create_run_dir(run_dir, dataclasses.asdict(cfg))
         arch.save(os.path.join(run_dir, ARCH))
-    d.barrier()
+    ranks.barrier()
 
     num_classes = len(split.classes)
-    global_batch = cfg.batch_size * d.world
-    steps = steps_per_epoch(len(split.train), cfg.batch_size, d.world, cfg.steps_per_epoch)
+    global_batch = cfg.batch_size * ranks.world
+    steps = steps_per_epoch(len(split.train), cfg.batch_size, ranks.world, cfg.steps_per_epoch)
     total_steps = steps * cfg.epochs
     base_lr = cfg.lr if cfg.lr is not None else cfg.lr_per_256 * global_batch / 256
 
@@ -133,32 +133,32 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     net = build_child(arch, num_classes=num_classes, drop_rate=cfg.dropout)
     if init is not None:
         net.load_state_dict(init)
-    net = net.to(d.device, memory_format=fmt)
+    net = net.to(ranks.device, memory_format=fmt)
     decay_params = decay_parameters(net)
     opt = RMSpropTF(net.parameters(), lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
     ema = EMA(net, cfg.ema_decay)
-    steps_done = restore(ckpt, net, opt, ema, d, run_dir)
+    steps_done = restore(ckpt, net, opt, ema, ranks, run_dir)
     best = dict(ckpt["best"]) if ckpt is not None else {"top1": -1.0, "top5": -1.0, "epoch": 0}
-    model = data_parallel(net, d)
+    model = data_parallel(net, ranks)
     if cfg.compile:
         model = torch.compile(model)
-    eval_net = build_child(arch, num_classes=num_classes).to(d.device, memory_format=fmt)
+    eval_net = build_child(arch, num_classes=num_classes).to(ranks.device, memory_format=fmt)
 
-    d.say(out, f"spnas train -> {run_dir}\n  data: {split.description}\n"
+    ranks.say(out, f"spnas train -> {run_dir}\n  data: {split.description}\n"
                f"  network: {' '.join(arch.ops)} ({arch.space.name}), "
                f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters; "
-               f"{d.world} process(es) on {d.device.type}\n"
+               f"{ranks.world} process(es) on {ranks.device.type}\n"
                f"  {cfg.epochs} epochs x {steps} steps, global batch {global_batch}, lr {base_lr:g} "
                f"(warm-up {cfg.warmup_epochs:g} epochs, x{cfg.lr_decay:g} every {cfg.lr_decay_epochs:g}), "
                f"EMA {cfg.ema_decay:g}, dropout {cfg.dropout:g}, augment {cfg.augment}"
                + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
-    metrics = MetricsLog(os.path.join(run_dir, METRICS), d.main)
-    bar = progress_bar(d.main and cfg.progress, total_steps, steps_done, "train")
+    metrics = MetricsLog(os.path.join(run_dir, METRICS), ranks.main)
+    bar = progress_bar(ranks.main and cfg.progress, total_steps, steps_done, "train")
 
     def save() -> None:
-        save_checkpoint(d, run_dir, {
+        save_checkpoint(ranks, run_dir, {
             "format": "spnas-train-checkpoint", "version": 1, "step": steps_done, "best": best,
             "config": dataclasses.asdict(cfg), "arch": arch.to_json(), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "ema": ema.state_dict()})
@@ -168,18 +168,18 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     top1 = top5 = None
     with StopFlag() as stop:
         while steps_done < total_steps and not interrupted:
-            batches = epoch_batches(len(split.train), cfg.batch_size, d, cfg.seed, steps, steps_done)
+            batches = epoch_batches(len(split.train), cfg.batch_size, ranks, cfg.seed, steps, steps_done)
             for x, y in datamod.loader(split.train, batches, cfg.workers):
                 epoch_f = steps_done / steps
                 lr = learning_rate(base_lr, epoch_f, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 # one seed per step (and rank): augmentation and dropout replay exactly on resume
-                torch.manual_seed((cfg.seed * 1_000_003 + steps_done) * 64 + d.rank)
+                torch.manual_seed((cfg.seed * 1_000_003 + steps_done) * 64 + ranks.rank)
                 x = augment(x, cfg.augment)
-                x = x.to(d.device, non_blocking=True, memory_format=fmt)
-                y = y.to(d.device, non_blocking=True)
-                with autocast(cfg.precision, d.device):
+                x = x.to(ranks.device, non_blocking=True, memory_format=fmt)
+                y = y.to(ranks.device, non_blocking=True)
+                with autocast(cfg.precision, ranks.device):
                     logits = model(x)
                     ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 loss = ce + cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
@@ -197,19 +197,19 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
                     bar.update(1)
                     bar.set_postfix(ce=f"{ce.item():.3f}", lr=f"{lr:.3g}",
                                     top1=f"{top1:.3f}" if top1 is not None else "-")
-                if stop.now(d, steps_done, cfg.stop_after_step):
+                if stop.now(ranks, steps_done, cfg.stop_after_step):
                     interrupted = True
                     break
             if interrupted:
                 break
             # end of an epoch: the EMA weights on the held-out split (sharded over the ranks)
             eval_net.load_state_dict(ema.shadow)
-            top1, top5 = evaluate_topk(eval_net, split.val, 256, d.device, cfg.workers, (1, 5), d,
+            top1, top5 = evaluate_topk(eval_net, split.val, 256, ranks.device, cfg.workers, (1, 5), ranks,
                                        fmt, cfg.precision)
             epoch = steps_done // steps
             if top1 > best["top1"]:
                 best = {"top1": top1, "top5": top5, "epoch": epoch}
-                if d.main:
+                if ranks.main:
                     atomic_torch_save(os.path.join(run_dir, BEST), ema.shadow)
             metrics.log({"kind": "epoch", "step": steps_done, "epoch": epoch, "val_top1_ema": top1,
                          "val_top5_ema": top5, "best_top1": best["top1"], "lr": lr,
@@ -218,20 +218,20 @@ def _run(arch, cfg: TrainConfig, resume: bool, d: Dist, out) -> dict:
     test = None
     if split.test is not None and not interrupted:
         # once, at the end, with the weights the validation split chose
-        eval_net.load_state_dict(torch.load(os.path.join(run_dir, BEST), map_location=d.device,
+        eval_net.load_state_dict(torch.load(os.path.join(run_dir, BEST), map_location=ranks.device,
                                             weights_only=True))
-        test = evaluate_topk(eval_net, split.test, 256, d.device, cfg.workers, (1, 5), d, fmt,
+        test = evaluate_topk(eval_net, split.test, 256, ranks.device, cfg.workers, (1, 5), ranks, fmt,
                              cfg.precision)
         metrics.log({"kind": "test", "step": steps_done, "epoch": best["epoch"],
                      "test_top1": test[0], "test_top5": test[1]})
-    close_loop(bar, metrics, interrupted, save, d, out, "train", run_dir, steps_done, total_steps)
+    close_loop(bar, metrics, interrupted, save, ranks, out, "train", run_dir, steps_done, total_steps)
     if interrupted:
         return {"run_dir": run_dir, "finished": False, "step": steps_done, "best": best}
 
     best_path, arch_path = os.path.join(run_dir, BEST), os.path.join(run_dir, ARCH)
     tested = (f"test accuracy of those weights: top-1 {test[0]:.4f}, top-5 {test[1]:.4f}\n"
               if test else "")
-    d.say(out, f"best held-out accuracy (EMA weights): top-1 {best['top1']:.4f}, top-5 "
+    ranks.say(out, f"best held-out accuracy (EMA weights): top-1 {best['top1']:.4f}, top-5 "
                f"{best['top5']:.4f} at epoch {best['epoch']}/{cfg.epochs} "
                f"({time.time() - started:.0f} s)\n{tested}"
                f"wrote {best_path}\n"

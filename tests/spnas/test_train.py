@@ -12,7 +12,7 @@ from spnas.harness.export import load_weights
 from spnas.layers import build_child
 from spnas.space import SPNASNET_100, Architecture
 from spnas.train import TrainConfig, augment, run_train
-from spnas.training import load_checkpoint
+from spnas.runs import load_checkpoint
 
 TINY = ["--image-size", "8", "--batch-size", "16", "--epochs", "2", "--steps-per-epoch", "3",
         "--log-every", "1", "--no-progress"]

@@ -1,4 +1,5 @@
-"""What every spnas training loop shares: processes, stopping, batches, evaluation, logs, checkpoints.
+"""Runs: what every spnas training loop shares (processes, stopping, batches, evaluation, logs,
+checkpoints, run folders).
 
 `spnas search` (the supernet) and `spnas train` (the child network) run the same kind of loop:
 torchrun-style processes that each take a slice of one global batch, a deterministic batch order
@@ -116,10 +117,10 @@ class StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def now(self, d: "Dist", steps_done: int, stop_after_step: int | None) -> bool:
+    def now(self, ranks: "Dist", steps_done: int, stop_after_step: int | None) -> bool:
         """Whether the run ends after this step, agreed by every rank: a stop was asked for
         (signal) on any rank, or `stop_after_step` steps are done."""
-        return d.any(self.requested or (stop_after_step is not None
+        return ranks.any(self.requested or (stop_after_step is not None
                                         and steps_done >= stop_after_step))
 
 
@@ -255,7 +256,7 @@ def resume_point(run_dir: str, command: str) -> tuple[dict | None, dict]:
     return ckpt, dict(ckpt.get("config", {}))
 
 
-def open_run(cfg, resume: bool, d: "Dist", command: str, markers: tuple[str, ...]):
+def open_run(cfg, resume: bool, ranks: "Dist", command: str, markers: tuple[str, ...]):
     """(config, checkpoint or None) of a `command` run ("search" or "train"): resumed, the saved
     recipe with this process's knobs (PROCESS_KNOBS) over it; or new, in --run-dir or the first
     free runs/<command>[-N]. Nothing is created here."""
@@ -268,8 +269,8 @@ def open_run(cfg, resume: bool, d: "Dist", command: str, markers: tuple[str, ...
             saved[key] = getattr(cfg, key)
         cfg = type(cfg)(**saved)
     elif cfg.run_dir is None:
-        cfg.run_dir = d.broadcast(fresh_run_dir(os.path.join("runs", command), markers)
-                                  if d.main else None)
+        cfg.run_dir = ranks.broadcast(fresh_run_dir(os.path.join("runs", command), markers)
+                                  if ranks.main else None)
     elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
         raise SpnasError(f"--run-dir {cfg.run_dir} already holds a {command} run; continue it "
                          f"with --resume {cfg.run_dir} or choose another --run-dir")
@@ -277,11 +278,11 @@ def open_run(cfg, resume: bool, d: "Dist", command: str, markers: tuple[str, ...
     return cfg, ckpt
 
 
-def save_checkpoint(d: "Dist", run_dir: str, state: dict) -> None:
+def save_checkpoint(ranks: "Dist", run_dir: str, state: dict) -> None:
     """The run's checkpoint.pt, written atomically by the main process; every rank waits."""
-    if d.main:
+    if ranks.main:
         atomic_torch_save(os.path.join(run_dir, CHECKPOINT), state)
-    d.barrier()
+    ranks.barrier()
 
 
 def steps_per_epoch(num_train: int, batch_size: int, world: int, cap: int | None) -> int:
@@ -293,25 +294,25 @@ def steps_per_epoch(num_train: int, batch_size: int, world: int, cap: int | None
     return min(steps, cap) if cap else steps
 
 
-def epoch_batches(num_train: int, batch_size: int, d: Dist, seed: int, steps: int,
+def epoch_batches(num_train: int, batch_size: int, ranks: Dist, seed: int, steps: int,
                   steps_done: int) -> list[list[int]]:
     """This process's remaining batches of the epoch that step `steps_done` falls in."""
     epoch = steps_done // steps
-    batches = datamod.epoch_batches(num_train, batch_size, d.world, d.rank, seed, epoch)[:steps]
+    batches = datamod.epoch_batches(num_train, batch_size, ranks.world, ranks.rank, seed, epoch)[:steps]
     return batches[steps_done - epoch * steps:]
 
 
 @torch.no_grad()
 def evaluate_topk(model: torch.nn.Module, dataset, batch_size: int, device, workers: int = 0,
-                  topk: tuple[int, ...] = (1, 5), d: Dist | None = None,
+                  topk: tuple[int, ...] = (1, 5), ranks: Dist | None = None,
                   fmt: torch.memory_format = torch.contiguous_format,
                   precision: str = "fp32") -> list[float]:
     """Top-k accuracies on `dataset` (k capped at the number of classes), in eval mode.
 
-    With `d` (every rank calling), each rank scores every world-th image and the counts are summed.
+    With `ranks` (every rank calling), each rank scores every world-th image and the counts are summed.
     """
     model.eval()
-    rank, world = (d.rank, d.world) if d is not None else (0, 1)
+    rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
     counts = torch.zeros(len(topk) + 1, dtype=torch.float64, device=device)
     index = list(range(rank, len(dataset), world))
     batches = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
@@ -339,24 +340,24 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int, device, workers: 
 METRICS = "metrics.jsonl"
 
 
-def restore(ckpt: dict | None, net: torch.nn.Module, opt, ema, d: Dist, run_dir: str) -> int:
+def restore(ckpt: dict | None, net: torch.nn.Module, opt, ema, ranks: Dist, run_dir: str) -> int:
     """Loads a checkpoint's model, optimizer and EMA; drops metrics written after it. Returns
     the number of steps it had done. Without a checkpoint (a new run, or one killed before its
     first checkpoint landed) the run starts at step 0 with an empty log."""
     if ckpt is None:
-        if d.main:
+        if ranks.main:
             truncate_metrics(os.path.join(run_dir, METRICS), 0)
         return 0
     net.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     ema.load_state_dict(ckpt["ema"])
     steps_done = int(ckpt["step"])
-    if d.main:
+    if ranks.main:
         truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
     return steps_done
 
 
-def close_loop(bar, metrics: MetricsLog, interrupted: bool, save, d: Dist, out, command: str,
+def close_loop(bar, metrics: MetricsLog, interrupted: bool, save, ranks: Dist, out, command: str,
                run_dir: str, steps_done: int, total_steps: int) -> None:
     """After the step loop: close the progress bar and metrics log; if the run was interrupted,
     save a checkpoint and say how to resume it."""
@@ -365,16 +366,16 @@ def close_loop(bar, metrics: MetricsLog, interrupted: bool, save, d: Dist, out, 
     metrics.close()
     if interrupted:
         save()
-        d.say(out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
+        ranks.say(out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
                    f"Continue with: spnas {command} --resume {run_dir}")
 
 
-def data_parallel(net: torch.nn.Module, d: Dist) -> torch.nn.Module:
+def data_parallel(net: torch.nn.Module, ranks: Dist) -> torch.nn.Module:
     """The model a step runs: DDP-wrapped when there are several processes."""
-    if d.world == 1:
+    if ranks.world == 1:
         return net
     return torch.nn.parallel.DistributedDataParallel(
-        net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        net, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
 
 
 def truncate_metrics(path: str, steps_done: int) -> None:
