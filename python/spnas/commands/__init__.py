@@ -44,11 +44,12 @@ def refuse_recipe_flags(args: argparse.Namespace, flags) -> None:
 def add_run_arguments(p: argparse.ArgumentParser, what: str, folder: str) -> None:
     """--run-dir, --resume, --no-progress (and the tests' hidden --stop-after-step) of a
     command that trains in a run folder."""
-    p.add_argument("--run-dir", help=f"output folder (default: {folder}, or the first free {folder}-N)")
-    p.add_argument("--resume", metavar="RUN_DIR",
+    g = p.add_argument_group("run folder")
+    g.add_argument("--run-dir", help=f"output folder (default: {folder}, or the first free {folder}-N)")
+    g.add_argument("--resume", metavar="RUN_DIR",
                    help=f"continue the {what} in RUN_DIR from its checkpoint (its recipe is kept)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--stop-after-step", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--stop-after-step", type=int, help=argparse.SUPPRESS)
 
 
 def config_from_args(cfg, args: argparse.Namespace, flags) -> None:

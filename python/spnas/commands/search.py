@@ -94,6 +94,32 @@ CHOICES = {"formula": FORMULAS, "memory_format": MEMORY_FORMATS, "precision": PR
            "augment": AUGMENTS}
 
 
+# --help groups the flags by what they set (search and train share the titles).
+GROUPS = (
+    ("data", ("data", "image_size", "val_fraction", "workers", "augment")),
+    ("network", ("space", "width_mult", "op_backend", "dropout", "init_from")),
+    ("latency term", ("runtime_model", "formula", "lam", "lambda_scale", "target_ms", "lambda_gain",
+                      "lambda_adapt_rate", "lambda_max", "threshold_reach", "threshold_margin",
+                      "threshold_lr_mult", "dropout_epochs", "indicator_keep")),
+    ("schedule and optimizer", ("epochs", "batch_size", "lr", "lr_per_256", "lr_decay",
+                                "lr_decay_epochs", "warmup_epochs", "rmsprop_decay", "momentum",
+                                "rmsprop_eps", "weight_decay", "label_smoothing", "ema_decay",
+                                "steps_per_epoch", "seed")),
+    ("how the run executes", ("device", "memory_format", "precision", "compile", "log_every")),
+)
+
+
+def add_flags(parser, flags, default_of) -> None:
+    """The FLAGS rows as options, in GROUPS; "(default: ...)" from default_of(field) unless the
+    help text says it."""
+    titles = {field: title for title, fields in GROUPS for field in fields}
+    groups = {title: parser.add_argument_group(title) for title, _ in GROUPS}
+    for flag, field, typ, text in flags:
+        help_text = text if "default:" in text else f"{text} (default: {default_of(field)})"
+        groups[titles[field]].add_argument(flag, dest=field, default=None,
+                                           **argument_kind(flag, field, typ), help=help_text)
+
+
 def argument_kind(flag: str, field: str, typ) -> dict:
     """add_argument's keywords for a FLAGS row: a switch for bool, else a typed value."""
     if typ is bool:
@@ -121,10 +147,7 @@ def register(subparsers) -> None:
             "found architecture and its predicted latency. Multi-process: torchrun --nproc-per-node "
             "N -m spnas search ... (gloo on CPU, nccl on GPU). Ctrl-C saves a checkpoint; "
             "--resume continues to the same result as an uninterrupted run."))
-    for flag, field, typ, text in FLAGS:
-        default = getattr(_D, field)
-        p.add_argument(flag, dest=field, default=None, **argument_kind(flag, field, typ),
-                       help=text if "default:" in text else f"{text} (default: {default})")
+    add_flags(p, FLAGS, lambda field: getattr(_D, field))
     add_run_arguments(p, "search", "runs/search")
     p.set_defaults(func=_run)
 

@@ -6,7 +6,7 @@ import argparse
 
 from ..config import DEFAULTS, TrainConfig
 from . import add_run_arguments, config_from_args, refuse_recipe_flags
-from .search import argument_kind
+from .search import add_flags
 from .search import FLAGS as SEARCH_FLAGS
 
 _D = TrainConfig()
@@ -61,9 +61,6 @@ def register(subparsers) -> None:
             "... Ctrl-C saves a checkpoint; --resume continues to the same result."))
     p.add_argument("arch", metavar="ARCH.json", nargs="?",
                    help="architecture file (from `spnas search`/`derive`); optional with --resume")
-    for flag, field, typ, text in FLAGS:
-        kind = argument_kind(flag, field, typ)
-        p.add_argument(flag, dest=field, default=None, **kind,
-                       help=text if "default:" in text else f"{text} (default: {_default(field)})")
+    add_flags(p, FLAGS, _default)
     add_run_arguments(p, "training", "runs/train")
     p.set_defaults(func=_run)
