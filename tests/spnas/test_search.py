@@ -160,3 +160,14 @@ def test_memory_format_and_precision_are_checked():
         tiny_config("x", precision="fp16").check()
     with pytest.raises(SpnasError, match="--memory-format"):
         tiny_config("x", memory_format="nhwc").check()
+
+
+def test_the_compiled_op_searches_like_the_reference(tmp_path):
+    # The whole search on the fused CPU kernels against the reference op: the same decisions,
+    # the same first loss, close losses throughout.
+    cpu = run_search(tiny_config(tmp_path / "cpu", op_backend="cpu"))
+    ref = run_search(tiny_config(tmp_path / "ref", op_backend="reference"))
+    assert torch.equal(cpu["decisions"], ref["decisions"])
+    a, b = _losses(tmp_path / "cpu"), _losses(tmp_path / "ref")
+    assert abs(a[0] - b[0]) < 1e-4
+    assert abs(sum(a) / len(a) - sum(b) / len(b)) < 0.05
