@@ -532,7 +532,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cuda(
         const Prepared p = prepare<scalar_t>(weight, thresholds, scale, skippable, stream);
         const Launch l = plan(xc, dy, stride);
         const int64_t n = C * kTaps;
-        at::Tensor g_eff = at::zeros({n}, x.options().dtype(at::kDouble));
+        // sum_partials writes every element; only an empty batch needs the zeros.
+        at::Tensor g_eff = l.grid.y > 0 ? at::empty({n}, x.options().dtype(at::kDouble))
+                                        : at::zeros({n}, x.options().dtype(at::kDouble));
         if (l.grid.y > 0) {
           at::Tensor partial = at::empty({static_cast<int64_t>(l.grid.y), n},
                                          x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));

@@ -14,7 +14,7 @@ FORMULAS = ("lut", "paper")                        # expected-latency formulas (
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PRECISIONS = ("fp32", "bf16")
 AUGMENTS = ("none", "crop", "flip-crop")           # batch augmentation (data.augment)
-OP_BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+OP_BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")  # spnas_ops.BACKENDS (no torch here)
 def need(ok: bool, flag: str, what: str) -> None:
     """A config check: a one-line error naming the flag unless ok."""
     if not ok:
@@ -108,8 +108,8 @@ class SearchConfig:
              f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
         need(self.precision in PRECISIONS, "precision",
              f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.op_backend not in ("auto", "reference", "cpu", "cuda", "triton"):
-            raise SpnasError(f"--op-backend must be auto, reference, cpu, cuda or triton, got {self.op_backend!r}")
+        need(self.op_backend in OP_BACKENDS, "op-backend",
+             f"must be one of {', '.join(OP_BACKENDS)}, got {self.op_backend!r}")
 
 
 DEFAULTS = {

@@ -193,9 +193,10 @@ def load(data: str | None, image_size: int, val_fraction: float = 0.2, seed: int
         raise SpnasError(f"--image-size must be >= 8, got {image_size}")
     if not 0.0 < val_fraction < 1.0:
         raise SpnasError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-    if kind(data) == "digits":
+    which = kind(data)
+    if which == "digits":
         return digits(image_size, val_fraction, seed)
-    if kind(data) == "small":
+    if which == "small":
         return array_split(data, image_size, val_fraction, seed)
     return image_folder(data, image_size, val_fraction, seed)
 

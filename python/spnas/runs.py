@@ -143,8 +143,8 @@ class MetricsLog:
 
 
 def memory_format(choice: str) -> torch.memory_format:
-    """"auto" is channels_last on every device: the search step on the CPU runs 1.7x faster in it
-    than in NCHW (docs/benchmarks.md), and it is the layout of cuDNN's and the fused op's fastest
+    """"auto" is channels_last on every device: the supernet's step on the CPU ran 1.58x faster
+    in it than in NCHW (docs/benchmarks.md), and it is the layout of cuDNN's and the fused op's fastest
     GPU kernels (docs/gpu.md)."""
     return torch.contiguous_format if choice == "contiguous" else torch.channels_last
 
@@ -232,26 +232,26 @@ def create_run_dir(run_dir: str, config: dict) -> None:
     atomic_write_json(os.path.join(run_dir, CONFIG), config)
 
 
-def resume_point(run_dir: str, command: str) -> tuple[dict | None, dict]:
-    """(checkpoint or None, saved config) of a `command` ("search" or "train") run to resume.
-    A run killed before its first checkpoint landed has only its config.json: it starts over
-    from it (checkpoint None) rather than failing."""
+def resume_point(run_dir: str, command: str, flag: str = "--resume") -> tuple[dict | None, dict]:
+    """(checkpoint or None, saved config) of a `command` ("search" or "train") run, read only
+    (--init-from reads a search that may still be running). A run killed before its first
+    checkpoint landed has only its config.json: it starts over from it (checkpoint None).
+    Its cut-short temp files are removed later, by create_run_dir, once every argument passed."""
     if not run_dir:
-        raise SpnasError(f"--resume needs the run folder: spnas {command} --resume RUN_DIR")
+        raise SpnasError(f"{flag} needs the run folder: spnas {command} {flag} RUN_DIR")
     if not os.path.isdir(run_dir):
-        raise SpnasError(f"--resume {run_dir}: no such run folder")
-    remove_partial_writes(run_dir)
+        raise SpnasError(f"{flag} {run_dir}: no such run folder")
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         config = os.path.join(run_dir, CONFIG)
         if not os.path.exists(config):
-            raise SpnasError(f"--resume {run_dir}: no {CHECKPOINT} and no {CONFIG}: not a spnas run")
+            raise SpnasError(f"{flag} {run_dir}: no {CHECKPOINT} and no {CONFIG}: not a spnas run")
         return None, dict(read_json(config, "run config"))
     ckpt = load_checkpoint(path)
     kind = str(ckpt.get("format", "")).removeprefix("spnas-").removesuffix("-checkpoint")
     if kind != command:
         hint = f"; continue it with spnas {kind} --resume {run_dir}" if kind in ("search", "train") else ""
-        raise SpnasError(f"--resume {run_dir}: that is not a {command} run ({path} is a "
+        raise SpnasError(f"{flag} {run_dir}: that is not a {command} run ({path} is a "
                          f"{kind or 'unknown'} checkpoint){hint}")
     return ckpt, dict(ckpt.get("config", {}))
 

@@ -64,7 +64,7 @@ ARCH = "arch.json"
 def searched_weights(run_dir: str, arch: Architecture, num_classes: int) -> dict:
     """--init-from: the child of `arch` cut from a search run's supernet (its EMA weights)."""
     from .search import build_supernet
-    ckpt, saved = resume_point(run_dir, "search")
+    ckpt, saved = resume_point(run_dir, "search", flag="--init-from")
     if ckpt is None:
         raise SpnasError(f"--init-from {run_dir}: the search has no checkpoint yet")
     config = SearchConfig(**{k: v for k, v in saved.items()

@@ -69,3 +69,9 @@ def test_no_import_circles():
     assert len(graph) > 20
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_torch_free_config_knows_the_op_backends():
+    import spnas_ops
+    from spnas.config import OP_BACKENDS
+    assert OP_BACKENDS == spnas_ops.BACKENDS

@@ -11,16 +11,7 @@ from spnas import Architecture
 from spnas.space import SPNASNET_100
 from spnas.layers import build_child
 
-# timm's _gen_spnasnet arch_def, one list of block strings per stage.
-TIMM_SPNASNET_100 = [
-    ["ds_r1_k3_s1_c16_noskip"],
-    ["ir_r3_k3_s2_e3_c24"],
-    ["ir_r1_k5_s2_e6_c40", "ir_r3_k3_s1_e3_c40"],
-    ["ir_r1_k5_s2_e6_c80", "ir_r3_k3_s1_e3_c80"],
-    ["ir_r1_k5_s1_e6_c96", "ir_r3_k5_s1_e3_c96"],
-    ["ir_r4_k5_s2_e6_c192"],
-    ["ir_r1_k3_s1_e6_c320_noskip"],
-]
+from test_space import TIMM_SPNASNET_100  # timm's _gen_spnasnet arch_def, per stage
 
 
 def bn(prefix, c):
