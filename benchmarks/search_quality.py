@@ -22,11 +22,13 @@ import argparse
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from spnas import Architecture, RuntimeModel
 from spnas.search import SearchConfig, run_search
@@ -36,13 +38,13 @@ from spnas.train import TrainConfig, run_train
 # Sizes. "quick" is a smoke test of the whole path; "cpu" fits a few hours of this project's
 # 2-core VM per budget; "gpu" is the full comparison for one H100/H200 call (docs/search_quality.md).
 SCALES = {
-    "quick": dict(data="digits", image_size=16, budgets=(60.0,), random=2, seeds=(0,),
+    "quick": dict(space="mnasnet", latency_model="pixel1", data="digits", image_size=16, budgets=(60.0,), random=2, seeds=(0,),
                   search_epochs=4, search_steps=8, search_dropout=1.0, train_epochs=1,
                   train_steps=4, batch=32, width=0.25, tolerance=0.15),
-    "cpu": dict(data="fashion-mnist", image_size=32, budgets=(70.0, 80.0, 95.0), random=8,
+    "cpu": dict(space="mnasnet", latency_model="pixel1", data="fashion-mnist", image_size=32, budgets=(70.0, 80.0, 95.0), random=8,
                 seeds=(0, 1), search_epochs=8, search_steps=150, search_dropout=None,
                 train_epochs=3, train_steps=150, batch=128, width=1.0, tolerance=0.03),
-    "gpu": dict(data="fashion-mnist", image_size=32, budgets=(70.0, 80.0, 95.0), random=16,
+    "gpu": dict(space="mnasnet", latency_model="pixel1", data="fashion-mnist", image_size=32, budgets=(70.0, 80.0, 95.0), random=16,
                 seeds=(0, 1, 2), search_epochs=8, search_steps=None, search_dropout=None,
                 train_epochs=15, train_steps=None, batch=256, width=1.0, tolerance=0.03),
 }
@@ -105,21 +107,94 @@ def arch_id(arch: Architecture) -> str:
 
 
 class Clock:
-    """Progress with an ETA from the jobs done so far in this process."""
+    """Progress with an ETA from the jobs finished so far in this process (jobs run `parallel`
+    at a time, so elapsed time per finished job already accounts for the parallelism)."""
 
     def __init__(self, total: int, done: int):
         self.total, self.done, self.started, self.ran = total, done, time.time(), 0
 
-    def step(self, what: str) -> None:
-        eta = ""
-        if self.ran:
-            left = (time.time() - self.started) / self.ran * (self.total - self.done)
-            eta = f", about {left / 60:.0f} min left"
-        print(f"[{self.done + 1}/{self.total}] {what}{eta}", flush=True)
-
-    def finished(self) -> None:
+    def finished(self, what: str) -> None:
         self.done += 1
         self.ran += 1
+        left = (time.time() - self.started) / self.ran * (self.total - self.done)
+        eta = f", about {left / 60:.0f} min left" if self.done < self.total else ""
+        print(f"[{self.done}/{self.total}] {what} ({(time.time() - self.started) / 60:.0f} min){eta}",
+              flush=True)
+
+
+class Stopped(Exception):
+    """A job's search or training returned unfinished (it was interrupted and saved)."""
+
+
+# -- jobs: each runs in a worker process (or in this one with --parallel 1) --------------------------
+
+def start_worker(threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def search_job(args, budget: float) -> dict:
+    cfg = SearchConfig(run_dir=os.path.join(args.out, f"search-{budget:g}"), data=args.data,
+                       image_size=args.image_size, space=args.space, width_mult=args.width,
+                       runtime_model=args.latency_model, epochs=args.search_epochs,
+                       steps_per_epoch=args.search_steps, batch_size=args.batch,
+                       dropout_epochs=args.search_dropout, target_ms=budget,
+                       device=args.device, progress=False, seed=0)
+    resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
+    started = time.time()
+    out = run_search(cfg, resume=resume, out=io.StringIO())  # its report is in its run folder
+    if not out["finished"]:
+        raise Stopped(cfg.run_dir)
+    return {"job": f"search {budget:g}", "kind": "search", "budget": budget, "ops": out["arch"].ops,
+            "predicted_ms": out["predicted_ms"], "val_acc_supernet": out["val_acc"],
+            "seconds": round(time.time() - started, 1)}
+
+
+def train_job(args, ops: list[str], seed: int) -> dict:
+    arch = Architecture(ops, args.space)
+    cfg = TrainConfig(run_dir=os.path.join(args.out, f"train-{arch_id(arch)}-s{seed}"),
+                      data=args.data, image_size=args.image_size, epochs=args.train_epochs,
+                      steps_per_epoch=args.train_steps, batch_size=args.batch, seed=seed,
+                      device=args.device, progress=False)
+    resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
+    started = time.time()
+    out = run_train(None if resume else arch, cfg, resume=resume, out=io.StringIO())
+    if not out["finished"]:
+        raise Stopped(cfg.run_dir)
+    test = out["test_top1"] if out["test_top1"] is not None else out["best"]["top1"]
+    return {"kind": "train", "ops": ops, "seed": seed, "test_top1": test,
+            "scored_on": "test" if out["test_top1"] is not None else "validation",
+            "val_top1": out["best"]["top1"], "seconds": round(time.time() - started, 1)}
+
+
+class InProcess:
+    """The executor of --parallel 1: jobs run here, one at a time, in submission order."""
+
+    def __init__(self, threads: int | None):
+        start_worker(threads)
+        self.queue = []
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        self.queue.append((future, fn, args))
+        return future
+
+    def next_done(self, pending) -> list[Future]:
+        future, fn, args = self.queue.pop(0)
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:
+            future.set_exception(err)
+        return [future]
+
+    def shutdown(self, **_) -> None:
+        self.queue.clear()
+
+
+class Pool(ProcessPoolExecutor):
+    def next_done(self, pending) -> list[Future]:
+        return list(wait(pending, return_when=FIRST_COMPLETED).done)
 
 
 def run(args) -> dict:
@@ -127,60 +202,67 @@ def run(args) -> dict:
     results = Results(os.path.join(args.out, "results.jsonl"))
     space = get_space(args.space)
     model = RuntimeModel.resolve(args.latency_model)
-    quiet = io.StringIO()  # the searches' and trainings' own reports go to their run folders
+    pool = (InProcess(args.threads) if args.parallel == 1 else
+            Pool(args.parallel, mp_context=multiprocessing.get_context("spawn"),
+                 initializer=start_worker, initargs=(args.threads,)))
+    pending: dict[Future, tuple] = {}
+    waiting: dict[tuple, list[tuple]] = {}  # (ops, seed) being trained -> the jobs it answers
 
-    clock = Clock(len(args.budgets), sum(r["kind"] == "search" for r in results.done.values()))
+    def train(role: str, budget: float | None, arch: Architecture) -> None:
+        for seed in args.seeds:
+            job = job_name(role, budget, arch, seed)
+            if job in results.done:
+                continue
+            wanted = (role, budget, job)
+            key = (tuple(arch.ops), seed)
+            twin = next((r for r in results.done.values() if r["kind"] == "train"
+                         and tuple(r["ops"]) == key[0] and r["seed"] == seed), None)
+            if twin is not None:  # the same network and seed trained in another role: the same run
+                results.add({**twin, "job": job, "role": role, "budget": budget})
+            elif key in waiting:
+                waiting[key].append(wanted)
+            else:
+                waiting[key] = [wanted]
+                pending[pool.submit(train_job, args, arch.ops, seed)] = ("train", key)
 
-    def search(budget: float) -> Architecture:
-        job = f"search {budget:g}"
-        if job not in results.done:
-            clock.step(f"search, budget {budget:g} ms")
-            cfg = SearchConfig(run_dir=os.path.join(args.out, f"search-{budget:g}"), data=args.data,
-                               image_size=args.image_size, space=space.name, width_mult=args.width,
-                               runtime_model=args.latency_model, epochs=args.search_epochs,
-                               steps_per_epoch=args.search_steps, batch_size=args.batch,
-                               dropout_epochs=args.search_dropout, target_ms=budget,
-                               device=args.device, progress=False, seed=0)
-            resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
-            out = run_search(cfg, resume=resume, out=quiet)
-            results.add({"job": job, "kind": "search", "budget": budget, "ops": out["arch"].ops,
-                         "predicted_ms": out["predicted_ms"], "val_acc_supernet": out["val_acc"]})
-            clock.finished()
-        return Architecture(results.done[job]["ops"], space)
+    def after_search(budget: float) -> None:
+        found = Architecture(results.done[f"search {budget:g}"]["ops"], space)
+        randoms = same_latency(space, model, model.predict(found), args.tolerance, args.random,
+                               seed=int(budget * 100))
+        for role, arch in [("found", found)] + [("random", r) for r in randoms]:
+            train(role, budget, arch)
 
-    # Every network to train: (role, budget, architecture), each for every seed.
-    nets = []
+    searches = [b for b in args.budgets if f"search {b:g}" not in results.done]
+    for budget in searches:  # first: every training of a budget waits for its search
+        pending[pool.submit(search_job, args, budget)] = ("search", budget)
+    for name, arch in baselines(space).items():
+        train(name, None, arch)
     for budget in args.budgets:
-        found = search(budget)
-        nets.append(("found", budget, found))
-        nets += [("random", budget, r) for r in same_latency(
-            space, model, model.predict(found), args.tolerance, args.random, seed=int(budget * 100))]
-    nets += [(name, None, arch) for name, arch in baselines(space).items()]
-    jobs = [(role, budget, arch, seed) for role, budget, arch in nets for seed in args.seeds]
-    clock = Clock(len(jobs), sum(job_name(r, b, a, s) in results.done for r, b, a, s in jobs))
-
-    for role, budget, arch, seed in jobs:
-        job = job_name(role, budget, arch, seed)
-        if job in results.done:
-            continue
-        twin = next((r for r in results.done.values() if r["kind"] == "train"
-                     and r["ops"] == arch.ops and r["seed"] == seed), None)
-        if twin is not None:  # the same network and seed trained in another role: the same run
-            results.add({**twin, "job": job, "role": role, "budget": budget})
-            continue
-        clock.step(f"train {role} ({model.predict(arch):.1f} ms), seed {seed}")
-        cfg = TrainConfig(run_dir=os.path.join(args.out, f"train-{arch_id(arch)}-s{seed}"),
-                          data=args.data, image_size=args.image_size, epochs=args.train_epochs,
-                          steps_per_epoch=args.train_steps, batch_size=args.batch, seed=seed,
-                          device=args.device, progress=False)
-        resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
-        out = run_train(None if resume else arch, cfg, resume=resume, out=quiet)
-        test = out["test_top1"] if out["test_top1"] is not None else out["best"]["top1"]
-        results.add({"job": job, "kind": "train", "role": role, "budget": budget, "ops": arch.ops,
-                     "predicted_ms": model.predict(arch), "seed": seed, "test_top1": test,
-                     "scored_on": "test" if out["test_top1"] is not None else "validation",
-                     "val_top1": out["best"]["top1"]})
-        clock.finished()
+        if budget not in searches:
+            after_search(budget)
+    # the total grows as searches finish and add their trainings; it is exact once they have
+    clock = Clock(len(pending) + len(searches) * (args.random + 1) * len(args.seeds), 0)
+    try:
+        while pending:
+            for future in pool.next_done(pending):
+                kind, key = pending.pop(future)
+                record = future.result()
+                if kind == "search":
+                    results.add(record)
+                    clock.finished(f"search, budget {key:g} ms: {record['predicted_ms']:.1f} ms")
+                    after_search(key)
+                    continue
+                for role, budget, job in waiting.pop(key):
+                    results.add({**record, "job": job, "role": role, "budget": budget,
+                                 "predicted_ms": model.predict(Architecture(record["ops"], space))})
+                clock.finished(f"trained {role} ({model.predict(Architecture(key[0], space)):.1f} ms, "
+                               f"seed {key[1]}): top-1 {record['test_top1']:.2%}")
+    except (KeyboardInterrupt, Stopped):
+        pool.shutdown(cancel_futures=True)
+        print(f"stopped; every finished job is in {results.path}: rerun the same command to resume",
+              file=sys.stderr)
+        raise KeyboardInterrupt from None
+    pool.shutdown()
     return report(results, args)
 
 
@@ -202,31 +284,46 @@ def report(results: Results, args) -> dict:
         below = sum(r < mean for r in randoms) + 0.5 * sum(r == mean for r in randoms)
         percentile = 100 * below / len(randoms) if randoms else None
         q75 = statistics.quantiles(randoms, n=4)[2] if len(randoms) >= 2 else None
+        # Does architecture matter here? The random networks' spread (sd of their means) against
+        # the seed-to-seed spread of one network (pooled sd over the networks of this budget).
+        random_sd = statistics.stdev(randoms) if len(randoms) >= 2 else None
+        seed_sd = pooled_sd([v for k, v in by_net.items() if k[1] == budget])
         summary["budgets"][f"{budget:g}"] = dict(found_ops=list(ops), found_ms=found_ms,
                                                  found_mean=mean, found=accs,
                                                  random_means=randoms, percentile=percentile,
-                                                 random_q75=q75)
-        rows.append((budget, mean, accs, randoms, percentile, q75))
+                                                 random_q75=q75, random_sd=random_sd, seed_sd=seed_sd)
+        rows.append((budget, mean, accs, randoms, percentile, q75, random_sd, seed_sd))
     summary["baselines"] = {k[0]: v for k, v in by_net.items() if k[1] is None}
     scored = {r["scored_on"] for r in trains} or {"test"}
 
     print(f"\n## Search quality: {args.data}, {args.image_size} px, space {args.space}, "
           f"width x{args.width}, seeds {list(args.seeds)} (top-1 on the {'/'.join(sorted(scored))} split)\n")
     print("| budget ms | found ms | found: mean (per seed) | random: n, median, 75th pct "
-          "| found's percentile |")
-    print("|---:|---:|---|---|---:|")
-    for budget, mean, accs, randoms, pct, q75 in rows:
+          "| found's percentile | sd: random / seed |")
+    print("|---:|---:|---|---|---:|---|")
+    for budget, mean, accs, randoms, pct, q75, random_sd, seed_sd in rows:
+        spread = (f"{random_sd:.2%} / {seed_sd:.2%}" if random_sd is not None and seed_sd
+                  else "-")
         rnd = (f"{len(randoms)}, {statistics.median(randoms):.2%}, {q75:.2%}" if q75 is not None
                else f"{len(randoms)}")
         found_ms = summary["budgets"][f"{budget:g}"]["found_ms"]
         print(f"| {budget:g} | {found_ms:.1f} | {mean:.2%} ({', '.join(f'{a:.2%}' for a in accs)}) | {rnd} | "
-              + (f"{pct:.0f} |" if pct is not None else "- |"))
+              + (f"{pct:.0f} |" if pct is not None else "- |") + f" {spread} |")
     for name, accs in summary["baselines"].items():
         print(f"baseline {name}: {statistics.mean(accs):.2%} over {len(accs)} seed(s)")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot(trains, os.path.join(args.out, "quality.png"))
     return summary
+
+
+def pooled_sd(groups: list[list[float]]) -> float | None:
+    """The within-group sd pooled over the groups with 2 or more values (None if none has)."""
+    groups = [g for g in groups if len(g) >= 2]
+    if not groups:
+        return None
+    return (sum(statistics.variance(g) * (len(g) - 1) for g in groups)
+            / sum(len(g) - 1 for g in groups)) ** 0.5
 
 
 def plot(trains: list[dict], path: str) -> None:
@@ -258,8 +355,8 @@ def main(argv=None) -> int:
     p.add_argument("--scale", choices=tuple(SCALES), default="quick", help="preset sizes (default quick)")
     p.add_argument("--out", default="runs/quality", help="results folder (resumable; default runs/quality)")
     p.add_argument("--data", help="data set (default: the preset's)")
-    p.add_argument("--space", default="mnasnet")
-    p.add_argument("--latency-model", default="pixel1")
+    p.add_argument("--space", help="search space (default: the preset's)")
+    p.add_argument("--latency-model", help="runtime model preset or file (default: the preset's)")
     p.add_argument("--budgets", help="comma list of latency budgets in ms (default: the preset's)")
     p.add_argument("--random", type=int, help="random architectures per budget (default: the preset's)")
     p.add_argument("--seeds", help="comma list of training seeds (default: the preset's)")
@@ -267,6 +364,10 @@ def main(argv=None) -> int:
                    help="random architectures within this fraction of the found latency "
                         "(default: the preset's, 0.03 but for quick)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="jobs at once, each in its own process (default 1: in this process)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per job (default: torch's; use cores / --parallel)")
     args = p.parse_args(argv)
     for key, value in SCALES[args.scale].items():
         given = getattr(args, key, None)
@@ -278,7 +379,12 @@ def main(argv=None) -> int:
         args.seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.random < 1 or not args.budgets or not args.seeds:
         p.error("--random must be >= 1; --budgets and --seeds must not be empty")
-    run(args)
+    if args.parallel < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--parallel and --threads must be >= 1")
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
