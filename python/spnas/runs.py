@@ -357,19 +357,6 @@ def restore(ckpt: dict | None, net: torch.nn.Module, opt, ema, ranks: Dist, run_
     return steps_done
 
 
-def close_loop(bar, metrics: MetricsLog, interrupted: bool, save, ranks: Dist, out, command: str,
-               run_dir: str, steps_done: int, total_steps: int) -> None:
-    """After the step loop: close the progress bar and metrics log; if the run was interrupted,
-    save a checkpoint and say how to resume it."""
-    if bar is not None:
-        bar.close()
-    metrics.close()
-    if interrupted:
-        save()
-        ranks.say(out, f"stopped at step {steps_done}/{total_steps}; checkpoint saved. "
-                   f"Continue with: spnas {command} --resume {run_dir}")
-
-
 def data_parallel(net: torch.nn.Module, ranks: Dist) -> torch.nn.Module:
     """The model a step runs: DDP-wrapped when there are several processes."""
     if ranks.world == 1:

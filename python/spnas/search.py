@@ -32,29 +32,25 @@ import spnas_ops
 
 from . import data as datamod
 from .errors import SpnasError
-from .optim import EMA, RMSpropTF, learning_rate
+from .optim import EMA, RMSpropTF
 from .config import SearchConfig
 from .runtime import RuntimeModel
 from .space import get_space
 from .supernet import SinglePathSuperNet
+from .loop import Loop, Step
 from .runs import (
     CHECKPOINT,
     METRICS,
     Dist,
     MetricsLog,
-    StopFlag,
     autocast,
-    check_finite,
-    close_loop,
     create_run_dir,
     data_parallel,
     decay_parameters,
-    epoch_batches,
     evaluate,
     load_checkpoint,
     memory_format,
     open_run,
-    progress_bar,
     restore,
     save_checkpoint,
 )
@@ -243,87 +239,70 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
                  + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
     metrics = MetricsLog(os.path.join(run_dir, METRICS), ranks.main)
-    log = metrics.log
-    bar = progress_bar(ranks.main and cfg.progress, total_steps, steps_done, "search")
+    loop = Loop("search", cfg, ranks, run_dir, steps_per_epoch, total_steps, base_lr, opt, fmt)
+    state = {"lam": lam}
+    val_acc = None  # of the last epoch: the found choices in the supernet's EMA weights
 
-    def save() -> None:
+    def step(x, y, steps_done: int, lr: float) -> Step:
+        epoch_f = steps_done / steps_per_epoch
+        searching = epoch_f >= cfg.dropout_epochs
+        if searching and cfg.threshold_margin is not None and (
+                steps_done == 0 or (steps_done - 1) / steps_per_epoch < cfg.dropout_epochs):
+            # the first step of the latency phase: decisions where the losses can move them
+            net.place_thresholds(cfg.threshold_margin)
+        torch.manual_seed(cfg.seed * 1_000_003 + steps_done)
+        x = datamod.augment(x, cfg.augment)
+        scales = None
+        if not searching and cfg.indicator_keep < 1:
+            scales = indicator_scales(len(net.searchable), cfg.indicator_keep, cfg.seed,
+                                      steps_done).to(ranks.device)
+        with autocast(cfg.precision, ranks.device):
+            logits = model(x, scales)
+            ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
+        expected_ms = net.runtime(runtime, cfg.formula)
+        if searching and controller is not None:
+            # lambda from the architecture the step starts with (identical on every rank)
+            state["lam"] = controller.update(runtime.predict(net.derive()))
+        lam_now = state["lam"] if searching else 0.0
+        loss = ce + wd + lam_now * cfg.lambda_scale * torch.log(expected_ms)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if searching and controller is not None and cfg.threshold_reach is not None:
+            clamp_thresholds(net, cfg.threshold_reach)
+        ema.update(net)
+        hard_ms = runtime.predict(net.derive())
+        return Step(loss,
+                    lambda: {"lambda": lam_now, "ce": ce.item(), "loss": loss.item(),
+                             "expected_ms": expected_ms.item(), "latency_ms": hard_ms,
+                             "train_acc": (logits.argmax(1) == y).float().mean().item()},
+                    lambda: {"ce": f"{ce.item():.3f}", "ms": f"{hard_ms:.1f}", "lam": f"{lam_now:.3g}"})
+
+    def end_epoch(steps_done: int, lr: float) -> None:
+        # evaluate the EMA weights, log the decisions
+        nonlocal val_acc
+        if ranks.main:
+            eval_net.load_state_dict(ema.shadow)
+            val_acc = evaluate(eval_net, split.val, 256, ranks.device, cfg.workers, fmt, cfg.precision)
+            arch = net.derive()
+            metrics.log({"kind": "epoch", "step": steps_done, "epoch": steps_done // steps_per_epoch,
+                         "val_acc_ema": val_acc, "latency_ms": runtime.predict(arch),
+                         "lambda": state["lam"], "ops": arch.ops,
+                         "decisions": net.hard_decisions().tolist(),
+                         "thresholds": [t.detach().cpu().tolist() for t in net.thresholds()],
+                         "seconds": time.time() - started})
+
+    def save(steps_done: int) -> None:
         save_checkpoint(ranks, run_dir, {
             "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
-            "lambda": lam, "config": dataclasses.asdict(cfg), "model": net.state_dict(),
+            "lambda": state["lam"], "config": dataclasses.asdict(cfg), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "ema": ema.state_dict(),
             **({"controller": controller.state_dict()} if controller else {})})
 
-    interrupted = False
     started = time.time()
-    val_acc = None  # of the last epoch: the found choices in the supernet's EMA weights
-    with StopFlag() as stop:
-        while steps_done < total_steps and not interrupted:
-            batches = epoch_batches(len(split.train), cfg.batch_size, ranks, cfg.seed, steps_per_epoch,
-                                    steps_done)
-            for x, y in datamod.loader(split.train, batches, cfg.workers):
-                x = x.to(ranks.device, non_blocking=True, memory_format=fmt)
-                y = y.to(ranks.device, non_blocking=True)
-                epoch_f = steps_done / steps_per_epoch
-                lr = learning_rate(base_lr, epoch_f, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs)
-                for group in opt.param_groups:
-                    group["lr"] = lr * group["lr_mult"]
-                searching = epoch_f >= cfg.dropout_epochs
-                if searching and cfg.threshold_margin is not None and (
-                        steps_done == 0 or (steps_done - 1) / steps_per_epoch < cfg.dropout_epochs):
-                    # the first step of the latency phase: decisions where the losses can move them
-                    net.place_thresholds(cfg.threshold_margin)
-                torch.manual_seed(cfg.seed * 1_000_003 + steps_done)
-                x = datamod.augment(x, cfg.augment)
-                scales = None
-                if not searching and cfg.indicator_keep < 1:
-                    scales = indicator_scales(len(net.searchable), cfg.indicator_keep, cfg.seed,
-                                              steps_done).to(ranks.device)
-                with autocast(cfg.precision, ranks.device):
-                    logits = model(x, scales)
-                    ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
-                expected_ms = net.runtime(runtime, cfg.formula)
-                if searching and controller is not None:
-                    # lambda from the architecture the step starts with (identical on every rank)
-                    lam = controller.update(runtime.predict(net.derive()))
-                lam_now = lam if searching else 0.0
-                loss = ce + wd + lam_now * cfg.lambda_scale * torch.log(expected_ms)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if searching and controller is not None and cfg.threshold_reach is not None:
-                    clamp_thresholds(net, cfg.threshold_reach)
-                ema.update(net)
-                steps_done += 1
-
-                arch = net.derive()
-                hard_ms = runtime.predict(arch)
-                if steps_done % cfg.log_every == 0 or steps_done == total_steps:
-                    check_finite(loss, steps_done, run_dir)
-                    log({"kind": "train", "step": steps_done, "epoch": steps_done / steps_per_epoch,
-                         "lr": lr, "lambda": lam_now, "ce": ce.item(), "loss": loss.item(),
-                         "expected_ms": expected_ms.item(), "latency_ms": hard_ms,
-                         "train_acc": (logits.argmax(1) == y).float().mean().item()})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(ce=f"{ce.item():.3f}", ms=f"{hard_ms:.1f}", lam=f"{lam_now:.3g}")
-                if stop.now(ranks, steps_done, cfg.stop_after_step):
-                    interrupted = True
-                    break
-            if interrupted:
-                break
-            # end of an epoch: evaluate the EMA weights, log the decisions, checkpoint
-            if ranks.main:
-                eval_net.load_state_dict(ema.shadow)
-                val_acc = evaluate(eval_net, split.val, 256, ranks.device, cfg.workers, fmt, cfg.precision)
-                arch = net.derive()
-                log({"kind": "epoch", "step": steps_done, "epoch": steps_done // steps_per_epoch,
-                     "val_acc_ema": val_acc, "latency_ms": runtime.predict(arch), "lambda": lam,
-                     "ops": arch.ops, "decisions": net.hard_decisions().tolist(),
-                     "thresholds": [t.detach().cpu().tolist() for t in net.thresholds()],
-                     "seconds": time.time() - started})
-            save()
-    close_loop(bar, metrics, interrupted, save, ranks, out, "search", run_dir, steps_done, total_steps)
+    steps_done, interrupted = loop.run(split.train, steps_done, metrics, step, end_epoch, save, out)
+    metrics.close()
     if interrupted:
         return {"run_dir": run_dir, "finished": False, "step": steps_done}
 

@@ -28,25 +28,21 @@ from .data import augment
 from .errors import SpnasError
 from .io import atomic_torch_save
 from .layers import build_child
-from .optim import EMA, RMSpropTF, learning_rate
+from .optim import EMA, RMSpropTF
 from .space import Architecture
+from .loop import Loop, Step
 from .runs import (
     CHECKPOINT,
     METRICS,
     Dist,
     MetricsLog,
-    StopFlag,
     autocast,
-    check_finite,
-    close_loop,
     create_run_dir,
     data_parallel,
     decay_parameters,
-    epoch_batches,
     evaluate_topk,
     memory_format,
     open_run,
-    progress_bar,
     restore,
     resume_point,
     save_checkpoint,
@@ -155,66 +151,51 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
                + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
     metrics = MetricsLog(os.path.join(run_dir, METRICS), ranks.main)
-    bar = progress_bar(ranks.main and cfg.progress, total_steps, steps_done, "train")
+    loop = Loop("train", cfg, ranks, run_dir, steps, total_steps, base_lr, opt, fmt)
+    shown = {"top1": None, "top5": None}  # the last epoch's held-out accuracy
 
-    def save() -> None:
+    def step(x, y, steps_done: int, lr: float) -> Step:
+        # one seed per step (and rank): augmentation and dropout replay exactly on resume
+        torch.manual_seed((cfg.seed * 1_000_003 + steps_done) * 64 + ranks.rank)
+        x = augment(x, cfg.augment)
+        with autocast(cfg.precision, ranks.device):
+            logits = model(x)
+            ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        loss = ce + cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(net)
+        return Step(loss,
+                    lambda: {"ce": ce.item(), "loss": loss.item(),
+                             "train_acc": (logits.argmax(1) == y).float().mean().item()},
+                    lambda: {"ce": f"{ce.item():.3f}", "lr": f"{lr:.3g}",
+                             "top1": f"{shown['top1']:.3f}" if shown["top1"] is not None else "-"})
+
+    def end_epoch(steps_done: int, lr: float) -> None:
+        # the EMA weights on the held-out split (sharded over the ranks)
+        nonlocal best
+        eval_net.load_state_dict(ema.shadow)
+        top1, top5 = evaluate_topk(eval_net, split.val, 256, ranks.device, cfg.workers, (1, 5), ranks,
+                                   fmt, cfg.precision)
+        shown.update(top1=top1, top5=top5)
+        epoch = steps_done // steps
+        if top1 > best["top1"]:
+            best = {"top1": top1, "top5": top5, "epoch": epoch}
+            if ranks.main:
+                atomic_torch_save(os.path.join(run_dir, BEST), ema.shadow)
+        metrics.log({"kind": "epoch", "step": steps_done, "epoch": epoch, "val_top1_ema": top1,
+                     "val_top5_ema": top5, "best_top1": best["top1"], "lr": lr,
+                     "seconds": time.time() - started})
+
+    def save(steps_done: int) -> None:
         save_checkpoint(ranks, run_dir, {
             "format": "spnas-train-checkpoint", "version": 1, "step": steps_done, "best": best,
             "config": dataclasses.asdict(cfg), "arch": arch.to_json(), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "ema": ema.state_dict()})
 
-    interrupted = False
     started = time.time()
-    top1 = top5 = None
-    with StopFlag() as stop:
-        while steps_done < total_steps and not interrupted:
-            batches = epoch_batches(len(split.train), cfg.batch_size, ranks, cfg.seed, steps, steps_done)
-            for x, y in datamod.loader(split.train, batches, cfg.workers):
-                epoch_f = steps_done / steps
-                lr = learning_rate(base_lr, epoch_f, cfg.lr_decay, cfg.lr_decay_epochs, cfg.warmup_epochs)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                # one seed per step (and rank): augmentation and dropout replay exactly on resume
-                torch.manual_seed((cfg.seed * 1_000_003 + steps_done) * 64 + ranks.rank)
-                x = augment(x, cfg.augment)
-                x = x.to(ranks.device, non_blocking=True, memory_format=fmt)
-                y = y.to(ranks.device, non_blocking=True)
-                with autocast(cfg.precision, ranks.device):
-                    logits = model(x)
-                    ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                loss = ce + cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                ema.update(net)
-                steps_done += 1
-                if steps_done % cfg.log_every == 0 or steps_done == total_steps:
-                    check_finite(loss, steps_done, run_dir)
-                    metrics.log({"kind": "train", "step": steps_done, "epoch": steps_done / steps,
-                                 "lr": lr, "ce": ce.item(), "loss": loss.item(),
-                                 "train_acc": (logits.argmax(1) == y).float().mean().item()})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(ce=f"{ce.item():.3f}", lr=f"{lr:.3g}",
-                                    top1=f"{top1:.3f}" if top1 is not None else "-")
-                if stop.now(ranks, steps_done, cfg.stop_after_step):
-                    interrupted = True
-                    break
-            if interrupted:
-                break
-            # end of an epoch: the EMA weights on the held-out split (sharded over the ranks)
-            eval_net.load_state_dict(ema.shadow)
-            top1, top5 = evaluate_topk(eval_net, split.val, 256, ranks.device, cfg.workers, (1, 5), ranks,
-                                       fmt, cfg.precision)
-            epoch = steps_done // steps
-            if top1 > best["top1"]:
-                best = {"top1": top1, "top5": top5, "epoch": epoch}
-                if ranks.main:
-                    atomic_torch_save(os.path.join(run_dir, BEST), ema.shadow)
-            metrics.log({"kind": "epoch", "step": steps_done, "epoch": epoch, "val_top1_ema": top1,
-                         "val_top5_ema": top5, "best_top1": best["top1"], "lr": lr,
-                         "seconds": time.time() - started})
-            save()
+    steps_done, interrupted = loop.run(split.train, steps_done, metrics, step, end_epoch, save, out)
     test = None
     if split.test is not None and not interrupted:
         # once, at the end, with the weights the validation split chose
@@ -224,7 +205,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
                              cfg.precision)
         metrics.log({"kind": "test", "step": steps_done, "epoch": best["epoch"],
                      "test_top1": test[0], "test_top5": test[1]})
-    close_loop(bar, metrics, interrupted, save, ranks, out, "train", run_dir, steps_done, total_steps)
+    metrics.close()
     if interrupted:
         return {"run_dir": run_dir, "finished": False, "step": steps_done, "best": best}
 
@@ -237,7 +218,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
                f"wrote {best_path}\n"
                f"export it: spnas export {arch_path} --weights {best_path} --out model.tflite")
     return {"run_dir": run_dir, "finished": True, "step": steps_done, "best": best,
-            "top1": top1, "top5": top5, "arch": arch, "image_size": cfg.image_size,
+            "top1": shown["top1"], "top5": shown["top5"], "arch": arch, "image_size": cfg.image_size,
             "num_classes": num_classes, "weights": best_path,
             "test_top1": test[0] if test else None, "test_top5": test[1] if test else None}
 
