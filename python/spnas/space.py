@@ -200,7 +200,24 @@ MNASNET = SearchSpace(
     head=1280,
 )
 
-_SPACES: dict[str, SearchSpace] = {MNASNET.name: MNASNET}
+# The same skeleton for small images (28-32 px, e.g. Fashion-MNIST, CIFAR-10): three searchable
+# stages at 1/2, 1/4 and 1/8 of the input instead of MnasNet's five down to 1/32, where a 32 px
+# image would be 1x1 by the last stage and a 5x5 kernel no different from a 3x3. Also an example
+# of a user's own space; its latency model comes from `spnas profile --space mnasnet-small`.
+MNASNET_SMALL = SearchSpace(
+    name="mnasnet-small",
+    stem=16,
+    stages=(
+        "ds_r1_k3_s1_c16_noskip",
+        "sp_r4_k5_s1_e6_c24",
+        "sp_r4_k5_s2_e6_c40",
+        "sp_r4_k5_s2_e6_c80",
+        "ir_r1_k3_s1_e6_c128_noskip",
+    ),
+    head=512,
+)
+
+_SPACES: dict[str, SearchSpace] = {s.name: s for s in (MNASNET, MNASNET_SMALL)}
 
 
 def register_space(space: SearchSpace) -> None:
@@ -391,7 +408,7 @@ def random_architecture(space: "str | SearchSpace", rng: random.Random) -> Archi
     return Architecture(ops, space)
 
 
-__all__ = ["OPS", "CONV_OPS", "OP_SHAPE", "BlockSpec", "SearchSpace", "MNASNET", "register_space",
+__all__ = ["OPS", "CONV_OPS", "OP_SHAPE", "BlockSpec", "SearchSpace", "MNASNET", "MNASNET_SMALL", "register_space",
            "downsample", "Layer", "layer_input_shapes", "random_architecture",
            "get_space", "Architecture", "SPNASNET_100", "op_from_decisions", "make_divisible",
            "scale_width"]

@@ -1,10 +1,13 @@
 import json
+import os
 
 import pytest
 
-from spnas import Architecture, OPS, SearchSpace, SpnasError
-from spnas.space import MNASNET, SPNASNET_100, BlockSpec
+from spnas import Architecture, OPS, RuntimeModel, SearchSpace, SpnasError
+from spnas.space import MNASNET, SPNASNET_100, BlockSpec, get_space
 from spnas.layers import build_child
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # timm's arch_def of spnasnet_100 (the authors' final Pixel 1 network).
 TIMM_SPNASNET_100 = [
@@ -25,6 +28,18 @@ def test_mnasnet_space_layout():
     assert [l["stride"] for l in layers[::4]] == [2, 2, 2, 1, 2]
     assert [l["skippable"] for l in layers[:4]] == [False, True, True, True]
     assert layers[0]["in"] == 16 and layers[16]["in"] == 96
+
+
+def test_small_image_space_keeps_kernels_meaningful():
+    # 28 px in: three searchable stages at 14, 7 and 4 px (MnasNet's five would end at 1 px)
+    space = get_space("mnasnet-small")
+    sizes = [l.in_size for l in space.walk(28) if l.index is not None]
+    assert len(sizes) == space.num_layers == 12
+    assert sizes[::4] == [14, 14, 7] and sizes[-1] == 4
+    # its runtime model (timed on this project's VM, benchmarks/data/) indexes the same layers
+    model = RuntimeModel.resolve(os.path.join(ROOT, "benchmarks", "data", "mnasnet-small-28px-vm.json"))
+    assert model.space == space.name and model.num_layers == space.num_layers
+    assert model.predict(Architecture(["k3_e3"] * 12, space)) < model.predict(Architecture(["k5_e6"] * 12, space))
 
 
 def test_authors_net_block_strings_match_timm():
