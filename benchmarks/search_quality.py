@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import statistics
 import sys
 import time
@@ -42,16 +43,19 @@ VM_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mna
 SCALES = {
     "quick": dict(space="mnasnet", latency_model="pixel1", data="digits", image_size=16, budgets=(60.0,), random=2, seeds=(0,),
                   search_epochs=4, search_steps=8, search_dropout=1.0, train_epochs=1,
-                  train_steps=4, batch=32, width=0.25, tolerance=0.15),
+                  train_steps=4, batch=32, width=0.25, tolerance=0.15, ema=0.9),
     # mnasnet-small at Fashion-MNIST's own 28 px, timed on this VM's CPU by `spnas profile`
     # (benchmarks/data/): predicted latencies of random networks span 0.17-0.50 ms, median 0.34.
     "cpu": dict(space="mnasnet-small", latency_model=VM_MODEL, data="fashion-mnist", image_size=28,
                 budgets=(0.30, 0.34, 0.38), random=8, seeds=(0, 1), search_epochs=8,
                 search_steps=100, search_dropout=None, train_epochs=8, train_steps=100, batch=128,
-                width=1.0, tolerance=0.03),
-    "gpu": dict(space="mnasnet", latency_model="pixel1", data="fashion-mnist", image_size=32, budgets=(70.0, 80.0, 95.0), random=16,
-                seeds=(0, 1, 2), search_epochs=8, search_steps=None, search_dropout=None,
-                train_epochs=15, train_steps=None, batch=256, width=1.0, tolerance=0.03),
+                width=1.0, tolerance=0.03, ema=0.99),
+    # the same comparison at full size: every training image, 15 epochs, 16 random networks
+    # and 3 seeds per budget (docs/search_quality.md: jobs in parallel on one GPU)
+    "gpu": dict(space="mnasnet-small", latency_model=VM_MODEL, data="fashion-mnist", image_size=28,
+                budgets=(0.30, 0.34, 0.38), random=16, seeds=(0, 1, 2), search_epochs=8,
+                search_steps=None, search_dropout=None, train_epochs=15, train_steps=None,
+                batch=256, width=1.0, tolerance=0.03, ema=0.999),
 }
 
 
@@ -133,40 +137,63 @@ class Stopped(Exception):
 
 # -- jobs: each runs in a worker process (or in this one with --parallel 1) --------------------------
 
+STOPPING = False  # in a worker: Ctrl-C was seen; the jobs still queued to it end at once
+
+
 def start_worker(threads: int | None) -> None:
     if threads:
         import torch
         torch.set_num_threads(threads)
 
 
+def start_pool_worker(threads: int | None) -> None:
+    """A worker process: Ctrl-C between jobs marks it stopping (a running job's own handler asks
+    its loop to stop after the step and save; the job then marks it)."""
+    def stopping(signum, frame):
+        global STOPPING
+        STOPPING = True
+    signal.signal(signal.SIGINT, stopping)
+    start_worker(threads)
+
+
+def unfinished(run_dir: str) -> Stopped:
+    global STOPPING
+    STOPPING = True
+    return Stopped(run_dir)
+
+
 def search_job(args, budget: float) -> dict:
+    if STOPPING:
+        raise Stopped("not started")
     cfg = SearchConfig(run_dir=os.path.join(args.out, f"search-{budget:g}"), data=args.data,
                        image_size=args.image_size, space=args.space, width_mult=args.width,
                        runtime_model=args.latency_model, epochs=args.search_epochs,
                        steps_per_epoch=args.search_steps, batch_size=args.batch,
-                       dropout_epochs=args.search_dropout, target_ms=budget,
+                       dropout_epochs=args.search_dropout, target_ms=budget, ema_decay=args.ema,
                        device=args.device, progress=False, seed=0)
     resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
     started = time.time()
     out = run_search(cfg, resume=resume, out=io.StringIO())  # its report is in its run folder
     if not out["finished"]:
-        raise Stopped(cfg.run_dir)
+        raise unfinished(cfg.run_dir)
     return {"job": f"search {budget:g}", "kind": "search", "budget": budget, "ops": out["arch"].ops,
             "predicted_ms": out["predicted_ms"], "val_acc_supernet": out["val_acc"],
             "seconds": round(time.time() - started, 1)}
 
 
 def train_job(args, ops: list[str], seed: int) -> dict:
+    if STOPPING:
+        raise Stopped("not started")
     arch = Architecture(ops, args.space)
     cfg = TrainConfig(run_dir=os.path.join(args.out, f"train-{arch_id(arch)}-s{seed}"),
                       data=args.data, image_size=args.image_size, epochs=args.train_epochs,
                       steps_per_epoch=args.train_steps, batch_size=args.batch, seed=seed,
-                      device=args.device, progress=False)
+                      ema_decay=args.ema, device=args.device, progress=False)
     resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
     started = time.time()
     out = run_train(None if resume else arch, cfg, resume=resume, out=io.StringIO())
     if not out["finished"]:
-        raise Stopped(cfg.run_dir)
+        raise unfinished(cfg.run_dir)
     test = out["test_top1"] if out["test_top1"] is not None else out["best"]["top1"]
     return {"kind": "train", "ops": ops, "seed": seed, "test_top1": test,
             "scored_on": "test" if out["test_top1"] is not None else "validation",
@@ -209,7 +236,7 @@ def run(args) -> dict:
     model = RuntimeModel.resolve(args.latency_model)
     pool = (InProcess(args.threads) if args.parallel == 1 else
             Pool(args.parallel, mp_context=multiprocessing.get_context("spawn"),
-                 initializer=start_worker, initargs=(args.threads,)))
+                 initializer=start_pool_worker, initargs=(args.threads,)))
     pending: dict[Future, tuple] = {}
     waiting: dict[tuple, list[tuple]] = {}  # (ops, seed) being trained -> the jobs it answers
 

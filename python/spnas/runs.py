@@ -29,6 +29,7 @@ from .io import atomic_torch_save, atomic_write, atomic_write_json, read_json
 __all__ = [
     "Dist",
     "MetricsLog",
+    "RunFolder",
     "StopFlag",
     "decay_parameters",
     "epoch_batches",
@@ -225,13 +226,6 @@ def remove_partial_writes(run_dir: str) -> None:
                 pass
 
 
-def create_run_dir(run_dir: str, config: dict) -> None:
-    """The run folder with its config.json, made only once every argument has been checked."""
-    os.makedirs(run_dir, exist_ok=True)
-    remove_partial_writes(run_dir)
-    atomic_write_json(os.path.join(run_dir, CONFIG), config)
-
-
 def resume_point(run_dir: str, command: str, flag: str = "--resume") -> tuple[dict | None, dict]:
     """(checkpoint or None, saved config) of a `command` ("search" or "train") run, read only
     (--init-from reads a search that may still be running). A run killed before its first
@@ -256,33 +250,65 @@ def resume_point(run_dir: str, command: str, flag: str = "--resume") -> tuple[di
     return ckpt, dict(ckpt.get("config", {}))
 
 
-def open_run(cfg, resume: bool, ranks: "Dist", command: str, markers: tuple[str, ...]):
-    """(config, checkpoint or None) of a `command` run ("search" or "train"): resumed, the saved
-    recipe with this process's knobs (PROCESS_KNOBS) over it; or new, in --run-dir or the first
-    free runs/<command>[-N]. Nothing is created here."""
-    ckpt = None
-    if resume:
-        ckpt, saved_config = resume_point(cfg.run_dir, command)
-        known = {f.name for f in dataclasses.fields(type(cfg))}
-        saved = {k: v for k, v in saved_config.items() if k in known}
-        for key in PROCESS_KNOBS:
-            saved[key] = getattr(cfg, key)
-        cfg = type(cfg)(**saved)
-    elif cfg.run_dir is None:
-        cfg.run_dir = ranks.broadcast(fresh_run_dir(os.path.join("runs", command), markers)
-                                  if ranks.main else None)
-    elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
-        raise SpnasError(f"--run-dir {cfg.run_dir} already holds a {command} run; continue it "
-                         f"with --resume {cfg.run_dir} or choose another --run-dir")
-    check_run_dir(cfg.run_dir)
-    return cfg, ckpt
+class RunFolder:
+    """A run's folder: config.json, checkpoint.pt (written atomically), metrics.jsonl.
 
+    Opening it (new: --run-dir or the first free runs/<command>[-N]; resumed: the saved recipe
+    with this process's knobs, PROCESS_KNOBS, over it) creates nothing; `create` makes it once
+    every argument has been checked, and `restore` continues from its checkpoint.
+    """
 
-def save_checkpoint(ranks: "Dist", run_dir: str, state: dict) -> None:
-    """The run's checkpoint.pt, written atomically by the main process; every rank waits."""
-    if ranks.main:
-        atomic_torch_save(os.path.join(run_dir, CHECKPOINT), state)
-    ranks.barrier()
+    def __init__(self, cfg, resume: bool, ranks: "Dist", command: str, markers: tuple[str, ...]):
+        self.ranks, self.command = ranks, command
+        self.checkpoint = None
+        if resume:
+            self.checkpoint, saved_config = resume_point(cfg.run_dir, command)
+            known = {f.name for f in dataclasses.fields(type(cfg))}
+            saved = {k: v for k, v in saved_config.items() if k in known}
+            for key in PROCESS_KNOBS:
+                saved[key] = getattr(cfg, key)
+            cfg = type(cfg)(**saved)
+        elif cfg.run_dir is None:
+            cfg.run_dir = ranks.broadcast(fresh_run_dir(os.path.join("runs", command), markers)
+                                          if ranks.main else None)
+        elif os.path.exists(os.path.join(cfg.run_dir, CHECKPOINT)):
+            raise SpnasError(f"--run-dir {cfg.run_dir} already holds a {command} run; continue it "
+                             f"with --resume {cfg.run_dir} or choose another --run-dir")
+        check_run_dir(cfg.run_dir)
+        self.cfg, self.path = cfg, cfg.run_dir
+        self.metrics: MetricsLog | None = None
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def create(self) -> None:
+        """The folder with the run's config.json (the main process; every rank waits)."""
+        if self.ranks.main:
+            os.makedirs(self.path, exist_ok=True)
+            remove_partial_writes(self.path)
+            atomic_write_json(self.file(CONFIG), dataclasses.asdict(self.cfg))
+        self.ranks.barrier()
+
+    def restore(self, net: torch.nn.Module, opt, ema) -> int:
+        """Loads the checkpoint's model, optimizer and EMA, cuts the metrics log back to it and
+        opens the log; returns the steps it had done. Without a checkpoint (a new run, or one
+        killed before its first checkpoint landed) the run starts at step 0 with an empty log."""
+        ckpt, steps_done = self.checkpoint, 0
+        if ckpt is not None:
+            net.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            ema.load_state_dict(ckpt["ema"])
+            steps_done = int(ckpt["step"])
+        if self.ranks.main:
+            truncate_metrics(self.file(METRICS), steps_done)
+        self.metrics = MetricsLog(self.file(METRICS), self.ranks.main)
+        return steps_done
+
+    def save(self, state: dict) -> None:
+        """checkpoint.pt, written atomically by the main process; every rank waits."""
+        if self.ranks.main:
+            atomic_torch_save(self.file(CHECKPOINT), state)
+        self.ranks.barrier()
 
 
 def steps_per_epoch(num_train: int, batch_size: int, world: int, cap: int | None) -> int:
@@ -338,23 +364,6 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int, device, workers: 
 
 
 METRICS = "metrics.jsonl"
-
-
-def restore(ckpt: dict | None, net: torch.nn.Module, opt, ema, ranks: Dist, run_dir: str) -> int:
-    """Loads a checkpoint's model, optimizer and EMA; drops metrics written after it. Returns
-    the number of steps it had done. Without a checkpoint (a new run, or one killed before its
-    first checkpoint landed) the run starts at step 0 with an empty log."""
-    if ckpt is None:
-        if ranks.main:
-            truncate_metrics(os.path.join(run_dir, METRICS), 0)
-        return 0
-    net.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    ema.load_state_dict(ckpt["ema"])
-    steps_done = int(ckpt["step"])
-    if ranks.main:
-        truncate_metrics(os.path.join(run_dir, METRICS), steps_done)
-    return steps_done
 
 
 def data_parallel(net: torch.nn.Module, ranks: Dist) -> torch.nn.Module:

@@ -40,19 +40,14 @@ from .supernet import SinglePathSuperNet
 from .loop import Loop, Step
 from .runs import (
     CHECKPOINT,
-    METRICS,
     Dist,
-    MetricsLog,
+    RunFolder,
     autocast,
-    create_run_dir,
     data_parallel,
     decay_parameters,
     evaluate,
     load_checkpoint,
     memory_format,
-    open_run,
-    restore,
-    save_checkpoint,
 )
 from .runs import steps_per_epoch as count_steps
 
@@ -177,7 +172,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, out=None) -> dict:
 
 
 def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
-    cfg, ckpt = open_run(cfg, resume, ranks, "search", (CHECKPOINT, ARCH))
+    folder = RunFolder(cfg, resume, ranks, "search", (CHECKPOINT, ARCH))
+    cfg, ckpt = folder.cfg, folder.checkpoint
     cfg.check()
     run_dir = cfg.run_dir
 
@@ -190,9 +186,7 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
                          f"({space.num_layers} layers)")
     check_op_backend(cfg.op_backend, ranks.device)
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
-    if ranks.main:
-        create_run_dir(run_dir, dataclasses.asdict(cfg))
-    ranks.barrier()
+    folder.create()
 
     global_batch = cfg.batch_size * ranks.world
     steps_per_epoch = count_steps(len(split.train), cfg.batch_size, ranks.world, cfg.steps_per_epoch)
@@ -214,7 +208,7 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
     opt = RMSpropTF(groups, lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
     ema = EMA(net, cfg.ema_decay)
-    steps_done = restore(ckpt, net, opt, ema, ranks, run_dir)
+    steps_done = folder.restore(net, opt, ema)
     lam = float(ckpt["lambda"]) if ckpt is not None else (0.0 if cfg.target_ms else cfg.lam)
     controller = None
     if cfg.target_ms:
@@ -238,7 +232,7 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
                  + f" after epoch {cfg.dropout_epochs:g}; runtime model {cfg.runtime_model}"
                  + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
-    metrics = MetricsLog(os.path.join(run_dir, METRICS), ranks.main)
+    metrics = folder.metrics
     loop = Loop("search", cfg, ranks, run_dir, steps_per_epoch, total_steps, base_lr, opt, fmt)
     state = {"lam": lam}
     val_acc = None  # of the last epoch: the found choices in the supernet's EMA weights
@@ -294,7 +288,7 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
                          "seconds": time.time() - started})
 
     def save(steps_done: int) -> None:
-        save_checkpoint(ranks, run_dir, {
+        folder.save({
             "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
             "lambda": state["lam"], "config": dataclasses.asdict(cfg), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "ema": ema.state_dict(),

@@ -33,19 +33,14 @@ from .space import Architecture
 from .loop import Loop, Step
 from .runs import (
     CHECKPOINT,
-    METRICS,
     Dist,
-    MetricsLog,
+    RunFolder,
     autocast,
-    create_run_dir,
     data_parallel,
     decay_parameters,
     evaluate_topk,
     memory_format,
-    open_run,
-    restore,
     resume_point,
-    save_checkpoint,
     steps_per_epoch,
 )
 
@@ -98,7 +93,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
             raise SpnasError("give the architecture to train: spnas train ARCH.json")
         arch = Architecture.load(arch) if isinstance(arch, str) else arch
         cfg = cfg.resolve()
-    cfg, ckpt = open_run(cfg, resume, ranks, "train", (CHECKPOINT, BEST))
+    folder = RunFolder(cfg, resume, ranks, "train", (CHECKPOINT, BEST))
+    cfg, ckpt = folder.cfg, folder.checkpoint
     if resume:
         saved_arch = (Architecture.from_json(ckpt["arch"], where=f"{cfg.run_dir}/{CHECKPOINT}")
                       if ckpt is not None else Architecture.load(os.path.join(cfg.run_dir, ARCH)))
@@ -113,9 +109,9 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
     init = (searched_weights(cfg.init_from, arch, len(split.classes))
             if cfg.init_from and ckpt is None else None)
-    if ranks.main:  # every argument checked: now the run folder
-        create_run_dir(run_dir, dataclasses.asdict(cfg))
-        arch.save(os.path.join(run_dir, ARCH))
+    folder.create()  # every argument checked: now the run folder
+    if ranks.main:
+        arch.save(folder.file(ARCH))
     ranks.barrier()
 
     num_classes = len(split.classes)
@@ -134,7 +130,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
     opt = RMSpropTF(net.parameters(), lr=base_lr, rho=cfg.rmsprop_decay, momentum=cfg.momentum,
                     eps=cfg.rmsprop_eps)
     ema = EMA(net, cfg.ema_decay)
-    steps_done = restore(ckpt, net, opt, ema, ranks, run_dir)
+    steps_done = folder.restore(net, opt, ema)
     best = dict(ckpt["best"]) if ckpt is not None else {"top1": -1.0, "top5": -1.0, "epoch": 0}
     model = data_parallel(net, ranks)
     if cfg.compile:
@@ -150,7 +146,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
                f"EMA {cfg.ema_decay:g}, dropout {cfg.dropout:g}, augment {cfg.augment}"
                + (f"\n  resuming at step {steps_done}" if steps_done else ""))
 
-    metrics = MetricsLog(os.path.join(run_dir, METRICS), ranks.main)
+    metrics = folder.metrics
     loop = Loop("train", cfg, ranks, run_dir, steps, total_steps, base_lr, opt, fmt)
     shown = {"top1": None, "top5": None}  # the last epoch's held-out accuracy
 
@@ -189,7 +185,7 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
                      "seconds": time.time() - started})
 
     def save(steps_done: int) -> None:
-        save_checkpoint(ranks, run_dir, {
+        folder.save({
             "format": "spnas-train-checkpoint", "version": 1, "step": steps_done, "best": best,
             "config": dataclasses.asdict(cfg), "arch": arch.to_json(), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "ema": ema.state_dict()})
