@@ -1,6 +1,6 @@
 // CPU implementation of the spnas ops: the (C, 25) superkernel part in double
-// (superkernel.h), the per-pixel work in the vectorized kernels of masked_dwconv_kernel.h,
-// compiled per instruction set and chosen once at run time.
+// (superkernel.h), the per-pixel work in the vectorized kernels of kernels.h, compiled per
+// instruction set and chosen once at run time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -74,12 +74,11 @@ const Kernels& kernels() {
 
 // An output of 32 MiB or more is a fresh mmap on every call (glibc serves requests above its
 // largest mmap threshold, 32 MiB, that way): its first touch costs one page fault per 4 KiB
-// page (on the development VM, 55 ms to first write 154 MB, the dx of the 112x112 stage at
-// batch 32). Advising its 2 MiB-aligned interior as transparent huge pages before the kernels
-// touch it makes that one fault per 2 MiB (13 ms there). Smaller outputs are not advised:
-// glibc serves them from its heap, mostly already mapped, and where the heap must grow again
-// huge-page faults there cost far more than small ones (40-60 ms instead of ~8 ms for a 24 MB
-// output, measured on the same VM). A no-op where THP is off or unsupported.
+// page. Advising its 2 MiB-aligned interior as transparent huge pages before the kernels
+// touch it makes that one fault per 2 MiB. Smaller outputs are not advised: glibc serves them
+// from its heap, mostly already mapped, and where the heap must grow again huge-page faults
+// there cost far more than small ones (docs/benchmarks.md has the figures). A no-op where THP
+// is off or unsupported.
 // SPNAS_POISON_OUTPUTS=1 (the test suite sets it): outputs start as NaN, so an element the
 // kernels never write shows up; fresh pages are zeros and would hide a skipped write of zeros.
 bool poison_outputs() {
@@ -108,28 +107,45 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
 
 std::vector<double> to_double_vector(const at::Tensor& t) {
   const at::Tensor d = t.detach().to(at::kDouble).contiguous();
-  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+  return std::vector<double>(d.const_data_ptr<double>(), d.const_data_ptr<double>() + d.numel());
 }
 
-Superkernel make_superkernel(const at::Tensor& weight, const at::Tensor& thresholds,
-                             const at::Tensor& scale, bool skippable) {
-  const std::vector<double> t = to_double_vector(thresholds), r = to_double_vector(scale);
-  return Superkernel(to_double_vector(weight), weight.size(0), t.data(), r.data(), skippable);
-}
+// The (C, 25) part of a call on the host (superkernel.h): the weight in double and the state.
+struct HostSuperkernel {
+  std::vector<double> w;
+  SuperkernelState state{};
+  HostWalk walk;
+  HostSuperkernel(const at::Tensor& weight, const at::Tensor& thresholds, const at::Tensor& scale,
+                  bool skippable)
+      : w(to_double_vector(weight)), walk{weight.size(0)} {
+    const std::vector<double> t = to_double_vector(thresholds), r = to_double_vector(scale);
+    state.channels = weight.size(0);
+    state.skippable = skippable;
+    for (int k = 0; k < 3; ++k) {
+      state.t[k] = t[k];
+      state.r[k] = r[k];
+    }
+    decide(w.data(), state, walk);
+  }
+  std::vector<double> effective_weight() {
+    std::vector<double> w_eff(w.size());
+    spnas::effective_weight(w.data(), state, w_eff.data(), walk);
+    return w_eff;
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor> masked_dwconv_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                      const at::Tensor& thresholds,
                                                      const at::Tensor& scale, int64_t stride,
                                                      bool skippable) {
   check_inputs(x, weight, thresholds, scale, stride);
-  const Superkernel sk = make_superkernel(weight, thresholds, scale, skippable);
+  HostSuperkernel sk(weight, thresholds, scale, skippable);
   at::Tensor y = empty_output(
       {x.size(0), x.size(1), output_size(x.size(2), stride), output_size(x.size(3), stride)},
       x.options().memory_format(output_memory_format(x)));
-  if (y.numel() > 0) kernels().forward(x, y, stride, sk.w_eff.data());
-  at::Tensor d =
-      at::tensor(std::vector<double>(sk.d, sk.d + 3), at::kDouble).to(thresholds.scalar_type());
-  return {y, d};
+  if (y.numel() > 0) kernels().forward(x, y, stride, sk.effective_weight().data());
+  const double* d = sk.state.d;
+  return {y, at::tensor(std::vector<double>(d, d + 3), at::kDouble).to(thresholds.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cpu(
@@ -145,18 +161,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cpu(
   TORCH_CHECK(grad_y.scalar_type() == x.scalar_type(),
               "masked_dwconv_backward: grad_y dtype must match x");
   TORCH_CHECK(grad_d.numel() == 3, "masked_dwconv_backward: grad_d must have 3 elements");
-  const Superkernel sk = make_superkernel(weight, thresholds, scale, skippable);
+  HostSuperkernel sk(weight, thresholds, scale, skippable);
   at::Tensor dx = empty_output(x.sizes(), x.options().memory_format(output_memory_format(x)));
   std::vector<double> g_eff(sk.w.size(), 0.0);
-  if (x.numel() > 0) kernels().backward(grad_y, x, dx, stride, sk.w_eff.data(), g_eff.data());
+  if (x.numel() > 0)
+    kernels().backward(grad_y, x, dx, stride, sk.effective_weight().data(), g_eff.data());
   const std::vector<double> g_d = to_double_vector(grad_d);
-  std::vector<double> g_w;
-  double g_t[3];
-  sk.backward(g_eff, g_d.data(), g_w, g_t);
+  std::vector<double> g_w(sk.w.size()), g_t(3);
+  superkernel_backward(sk.w.data(), sk.state, g_eff.data(), g_d.data(), g_w.data(),
+                       [&](int k, double v) { g_t[k] = v; }, sk.walk);
   at::Tensor dw = at::tensor(g_w, at::kDouble).view(weight.sizes()).to(weight.scalar_type());
-  at::Tensor dt =
-      at::tensor(std::vector<double>(g_t, g_t + 3), at::kDouble).to(thresholds.scalar_type());
-  return {dx, dw, dt};
+  return {dx, dw, at::tensor(g_t, at::kDouble).to(thresholds.scalar_type())};
 }
 
 std::string cpu_capability() {
