@@ -64,11 +64,12 @@ if [ "$device" = cuda ]; then
     mkdir -p build && echo "$sources" > build/.gpu_check_sources
   fi
   $py -c "import spnas_ops; print('backends:', spnas_ops.available_backends())" >> "$OUT/machine.log" 2>&1
-  # The GPU backends' tests; -n 8 spreads them (and Triton's compiles) over the cores. The CPU
-  # op tests (tests/spnas_ops/test_masked_dwconv.py) run with GPU_CHECK_CPU_TESTS=1.
-  tests="tests/spnas_ops/test_cuda.py tests/spnas_ops/test_triton.py"
-  [ "${GPU_CHECK_CPU_TESTS:-0}" = 1 ] && tests=tests/spnas_ops
-  want tests && stage tests 90 $py -m pytest -q -p no:cacheprovider -n 8 -rfs $tests
+  # The GPU backends' tests (the op matrix's cuda and triton items); -n 8 spreads them (and
+  # Triton's compiles) over the cores. The CPU op tests run with GPU_CHECK_CPU_TESTS=1.
+  tests="tests/spnas_ops/test_op.py tests/spnas_ops/test_cuda.py tests/spnas_ops/test_triton.py"
+  select=(-k "not cpu")
+  [ "${GPU_CHECK_CPU_TESTS:-0}" = 1 ] && tests=tests/spnas_ops && select=()
+  want tests && stage tests 90 $py -m pytest -q -p no:cacheprovider -n 8 -rfs "${select[@]}" $tests
   want gpu_report && stage gpu_report 300 $py benchmarks/gpu_report.py --compile-budget 25
   want bench_supernet && stage bench_supernet 300 $py benchmarks/bench_supernet.py --device cuda \
     --batch 128 --repeats 3 --search-steps 30 --profile-steps 3 --loader-images 512
