@@ -7,7 +7,7 @@
 namespace spnas {
 
 // channels_last is kept; anything else gives a contiguous (NCHW) result. The Python fake
-// kernels (spnas_ops/formulas.py) apply the same rule.
+// kernels (spnas_ops/registration.py) apply the same rule.
 inline at::MemoryFormat output_memory_format(const at::Tensor& x) {
   return (x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous())
              ? at::MemoryFormat::ChannelsLast

@@ -1,16 +1,16 @@
-"""Loads the compiled kernels (spnas_ops._C) and registers their fake and autograd formulas.
+"""Loads the compiled kernels (spnas_ops._C) and registers their fake kernels and autograd.
 
 The C++ library defines the ops `spnas::masked_dwconv` and `spnas::masked_dwconv_backward`
 (schema in csrc/masked_dwconv.cpp) with CPU and, where built, CUDA kernels; the dispatcher
 picks the kernel from the tensors' device. This module adds what torch.compile and autograd
-need on top: shape-only fake kernels and the backward formula (formulas.py).
+need on top: shape-only fake kernels and the autograd registration (registration.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import formulas
+from . import registration
 
 try:
     from ._build_info import BUILD_CUDA, BUILD_TORCH_VERSION
@@ -44,6 +44,6 @@ def compiled_backends() -> list[str]:
 
 
 if _LOADED:
-    torch.library.register_fake("spnas::masked_dwconv")(formulas.fake_forward)
-    torch.library.register_fake("spnas::masked_dwconv_backward")(formulas.fake_backward)
-    formulas.register_autograd("spnas::masked_dwconv", torch.ops.spnas.masked_dwconv_backward)
+    torch.library.register_fake("spnas::masked_dwconv")(registration.fake_forward)
+    torch.library.register_fake("spnas::masked_dwconv_backward")(registration.fake_backward)
+    registration.register_autograd("spnas::masked_dwconv", torch.ops.spnas.masked_dwconv_backward)

@@ -6,7 +6,7 @@ Split of the work (SPEC section 1):
   * The (C, 25)-sized part -- the masked weight w_eff, the decisions d and, in the backward,
     the gradients of the weight and thresholds from dL/dw_eff and dL/dd -- is plain PyTorch:
     `reference.masked_weight` in fp32 (fp64 for fp64 inputs), differentiated with
-    torch.func.vjp. The formulas therefore exist once, in the oracle.
+    torch.func.vjp: the Triton backend derives no formula of its own.
   * The activation-sized part is two Triton kernels. The forward reads x once and writes y once.
     The backward reads x and dy once and writes dx once, plus one fp32 row of dL/dw_eff partial
     sums per program; a fixed-order torch sum over those rows gives dL/dw_eff
@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .formulas import (fake_backward, fake_forward, memory_format, output_size,
-                       register_autograd)
+from .registration import (fake_backward, fake_forward, memory_format, output_size,
+                           register_autograd)
 
 try:  # optional: without Triton, is_available() is False and nothing below is launched
     import triton

@@ -66,7 +66,7 @@ def default_dropout_epochs(data: str | None) -> float:
     return 5.0 if data else 2.0
 
 
-def indicator_scales(num_layers: int, keep: float, seed: int, step: int) -> torch.Tensor:
+def indicator_scale(num_layers: int, keep: float, seed: int, step: int) -> torch.Tensor:
     """Indicator-dropout multipliers r: Bernoulli(keep)/keep per indicator, fixed by (seed, step)."""
     g = torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 1)
     kept = (torch.rand(num_layers, 3, generator=g) < keep).float()
@@ -246,12 +246,12 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
             net.place_thresholds(cfg.threshold_margin)
         torch.manual_seed(cfg.seed * 1_000_003 + steps_done)
         x = datamod.augment(x, cfg.augment)
-        scales = None
+        scale = None
         if not searching and cfg.indicator_keep < 1:
-            scales = indicator_scales(len(net.searchable), cfg.indicator_keep, cfg.seed,
-                                      steps_done).to(ranks.device)
+            scale = indicator_scale(len(net.searchable), cfg.indicator_keep, cfg.seed,
+                                    steps_done).to(ranks.device)
         with autocast(cfg.precision, ranks.device):
-            logits = model(x, scales)
+            logits = model(x, scale)
             ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
         expected_ms = net.runtime(runtime, cfg.formula)
@@ -334,5 +334,5 @@ def format_result(arch, model_name: str, predicted: float, path: str | None = No
     return "\n".join(lines)
 
 
-__all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scales", "format_result",
+__all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scale", "format_result",
            "LambdaController", "clamp_thresholds", "margins"]

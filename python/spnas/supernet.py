@@ -12,7 +12,7 @@ from .space import Architecture, SearchSpace, get_space, op_from_decisions, scal
 class SinglePathSuperNet(nn.Module):
     """stem -> fixed and searchable stages of the space -> head.
 
-    forward(x, scales=None) -> logits. `scales` (num_layers, 3) are the indicator-dropout
+    forward(x, scale=None) -> logits. `scale` (num_layers, 3) holds the indicator-dropout
     multipliers r, one row per searchable layer. After a forward, `decisions()` holds the
     (num_layers, 3) decisions (d_kernel, d_expand, d_keep) of that pass, differentiable, and
     `runtime(model)` turns them into an expected latency for the loss.
@@ -48,12 +48,12 @@ class SinglePathSuperNet(nn.Module):
     def thresholds(self) -> list[nn.Parameter]:
         return [b.superkernel.thresholds for b in self.searchable]
 
-    def forward(self, x: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         x = self.stem(x)
         decisions, k = [], 0
         for i, block in enumerate(self.blocks):
             if isinstance(block, SuperMBConv):
-                x, d = block(x, None if scales is None else scales[k])
+                x, d = block(x, None if scale is None else scale[k])
                 decisions.append(d)
                 k += 1
             else:

@@ -1,6 +1,7 @@
-"""What every compiled backend of the op shares on the Python side: the output shape and
-memory-format rule, the shape-only (fake) kernels that torch.compile traces with, and the
-autograd formula that routes (dL/dy, dL/dd) to the backend's fused backward op.
+"""How a backend of the op registers with torch: the output shape and memory-format rule, the
+shape-only (fake) kernels that torch.compile traces with, and the autograd registration that
+routes (dL/dy, dL/dd) to the backend's fused backward op. The formulas themselves are the
+oracle's (reference.py) and csrc/superkernel.h's.
 
 Backends register the same two-op pattern (forward + one-pass backward with the schemas of
 csrc/masked_dwconv.cpp): the C++ ops in _library.py, the Triton ops in triton_op.py.
