@@ -9,7 +9,8 @@
 #
 # Each stage has its own time limit, and a stage is skipped once fewer than 30 s are left of
 # GPU_CHECK_SECONDS (default 420), so the summary always prints within the device call.
-# GPU_CHECK_STAGES picks stages (default "build tests gpu_report bench_supernet"); a build
+# GPU_CHECK_STAGES picks stages (default "build tests gpu_report bench_supernet"; "build
+# quality" runs the search-quality comparison, carry .gpu-data and .gpu-quality); a build
 # already installed on a still-warm machine is kept (the first H200 call spent 83 s building).
 # Measured on the H200 (2026-11-28): tests 55 s; gpu_report over 130 s at full size; the
 # supernet bench over 95 s: give each its own call when the budget allows.
@@ -73,6 +74,15 @@ if [ "$device" = cuda ]; then
   want gpu_report && stage gpu_report 300 $py benchmarks/gpu_report.py --compile-budget 25
   want bench_supernet && stage bench_supernet 300 $py benchmarks/bench_supernet.py --device cuda \
     --batch 128 --repeats 3 --search-steps 30 --profile-steps 3 --loader-images 512
+  # The search-quality comparison at full size (docs/search_quality.md), resumable over calls:
+  # its results file lives in the carried, git-ignored .gpu-quality/ (copy the returned
+  # quality/results.jsonl there before the next call); the data in the carried .gpu-data/.
+  if want quality; then
+    mkdir -p .gpu-quality "$OUT/quality"
+    stage quality 500 $py benchmarks/search_quality.py --scale gpu --data .gpu-data \
+      --out .gpu-quality --parallel 8 --threads 2
+    cp .gpu-quality/results.jsonl .gpu-quality/summary.json .gpu-quality/quality.png "$OUT/quality/" 2>/dev/null
+  fi
 else
   stage tests 300 $py -m pytest -q -p no:cacheprovider tests/spnas_ops
   stage gpu_report 200 $py benchmarks/gpu_report.py --device cpu --quick --compile-budget 20
@@ -81,7 +91,7 @@ fi
 
 echo
 cat "$OUT/machine.log"
-for name in tests gpu_report bench_supernet; do
+for name in tests gpu_report bench_supernet quality; do
   [ -f "$OUT/$name.log" ] || continue
   echo
   echo "## $name (last lines of $name.log)"
@@ -89,6 +99,7 @@ for name in tests gpu_report bench_supernet; do
     tests) grep -E "passed|failed|FAILED|Error" "$OUT/tests.log" | tail -25 ;;
     gpu_report) grep -vE "^  timed" "$OUT/gpu_report.log" | tail -60 ;;
     bench_supernet) grep -vE "^  timed" "$OUT/bench_supernet.log" | tail -45 ;;
+    quality) tail -25 "$OUT/quality.log" ;;
   esac
 done
 echo
