@@ -406,6 +406,8 @@ def main(argv=None) -> int:
                    help="jobs at once, each in its own process (default 1: in this process)")
     p.add_argument("--threads", type=int,
                    help="torch threads per job (default: torch's; use cores / --parallel)")
+    p.add_argument("--report", action="store_true",
+                   help="only report the finished jobs of --out (runs nothing)")
     args = p.parse_args(argv)
     for key, value in SCALES[args.scale].items():
         given = getattr(args, key, None)
@@ -419,6 +421,9 @@ def main(argv=None) -> int:
         p.error("--random must be >= 1; --budgets and --seeds must not be empty")
     if args.parallel < 1 or (args.threads is not None and args.threads < 1):
         p.error("--parallel and --threads must be >= 1")
+    if args.report:  # what is done so far, e.g. while another process runs the jobs
+        report(Results(os.path.join(args.out, "results.jsonl")), args)
+        return 0
     try:
         run(args)
     except KeyboardInterrupt:

@@ -35,3 +35,8 @@ def test_quick_comparison_and_resume(tmp_path, capsys):
     # a second run finds every job done: nothing is trained again
     assert bench.main(["--scale", "quick", "--out", str(out)]) == 0
     assert (out / "results.jsonl").read_text().splitlines() == lines
+    # --report only reads the results file
+    capsys.readouterr()
+    assert bench.main(["--scale", "quick", "--out", str(out), "--report"]) == 0
+    assert "| 60 |" in capsys.readouterr().out
+    assert (out / "results.jsonl").read_text().splitlines() == lines
