@@ -372,9 +372,12 @@ def plot(trains: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 5), constrained_layout=True)
     styles = {"random": dict(color="0.6", marker="o", s=18, label="random, same latency"),
               "found": dict(color="tab:red", marker="*", s=160, label="found by the search")}
+    baseline_colors = iter(("tab:blue", "tab:green", "tab:purple", "tab:orange"))
+    for role in sorted({r["role"] for r in trains} - set(styles)):
+        styles[role] = dict(color=next(baseline_colors, "tab:gray"), marker="s", s=40, label=role)
     shown = set()
     for r in sorted(trains, key=lambda r: r["role"] != "random"):
-        style = dict(styles.get(r["role"], dict(color="tab:blue", marker="s", s=40, label=r["role"])))
+        style = dict(styles[r["role"]])
         if style["label"] in shown:
             style.pop("label")
         shown.add(style.get("label"))
