@@ -259,7 +259,7 @@ class RunFolder:
     """
 
     def __init__(self, cfg, resume: bool, ranks: "Dist", command: str, markers: tuple[str, ...]):
-        self.ranks, self.command = ranks, command
+        self.ranks = ranks
         self.checkpoint = None
         if resume:
             self.checkpoint, saved_config = resume_point(cfg.run_dir, command)

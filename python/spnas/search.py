@@ -20,6 +20,7 @@ of an uninterrupted one, and every rank draws the same indicator-dropout masks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -266,12 +267,14 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         if searching and controller is not None and cfg.threshold_reach is not None:
             clamp_thresholds(net, cfg.threshold_reach)
         ema.update(net)
-        hard_ms = runtime.predict(net.derive())
+        # the derived architecture's latency reads the thresholds back from the device: only
+        # when a log line or the progress bar shows it, once per step
+        hard_ms = functools.cache(lambda: runtime.predict(net.derive()))
         return Step(loss,
                     lambda: {"lambda": lam_now, "ce": ce.item(), "loss": loss.item(),
-                             "expected_ms": expected_ms.item(), "latency_ms": hard_ms,
+                             "expected_ms": expected_ms.item(), "latency_ms": hard_ms(),
                              "train_acc": (logits.argmax(1) == y).float().mean().item()},
-                    lambda: {"ce": f"{ce.item():.3f}", "ms": f"{hard_ms:.1f}", "lam": f"{lam_now:.3g}"})
+                    lambda: {"ce": f"{ce.item():.3f}", "ms": f"{hard_ms():.1f}", "lam": f"{lam_now:.3g}"})
 
     def end_epoch(steps_done: int, lr: float) -> None:
         # evaluate the EMA weights, log the decisions

@@ -40,3 +40,22 @@ def test_quick_comparison_and_resume(tmp_path, capsys):
     assert bench.main(["--scale", "quick", "--out", str(out), "--report"]) == 0
     assert "| 60 |" in capsys.readouterr().out
     assert (out / "results.jsonl").read_text().splitlines() == lines
+
+
+def test_parallel_workers_run_every_job_once(tmp_path, monkeypatch):
+    # spawned workers import the benchmark by name (sys.path travels to them)
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    bench = importlib.import_module("search_quality")
+    out = tmp_path / "quality"
+    args = ["--scale", "quick", "--out", str(out), "--parallel", "2", "--threads", "1"]
+    assert bench.main(args) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    jobs = [r["job"] for r in records]
+    assert len(jobs) == len(set(jobs))  # no job recorded twice
+    assert sum(r["kind"] == "search" for r in records) == 1
+    roles = {r.get("role") for r in records if r["kind"] == "train"}
+    assert {"found", "random", "all k3_e3", "all k5_e6", "authors' network"} <= roles
+    assert all(0.0 <= r["test_top1"] <= 1.0 for r in records if r["kind"] == "train")
+    before = (out / "results.jsonl").read_text()
+    assert bench.main(args) == 0
+    assert (out / "results.jsonl").read_text() == before
