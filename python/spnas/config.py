@@ -66,6 +66,8 @@ class SearchConfig:
     lambda_gain: float = 0.03           # with target_ms: proportional gain on ln(R / target)
     lambda_adapt_rate: float = 0.0003   # with target_ms: integral gain per step on ln(R / target)
     lambda_max: float = 0.05            # with target_ms: |lambda| <= this
+    target_ramp: float = 0.5            # with target_ms: share of the latency phase over which the
+                                        # controller's target falls from the starting latency
     threshold_reach: float | None = 1.0  # with target_ms: after each step, margins >= -reach
                                         # (None: thresholds unclamped)
     steps_per_epoch: int | None = None  # cap (None: the whole training split)
@@ -91,6 +93,7 @@ class SearchConfig:
         need(self.lambda_gain >= 0, "lambda-gain", f"must be >= 0, got {self.lambda_gain}")
         need(self.lambda_adapt_rate >= 0, "lambda-adapt-rate", f"must be >= 0, got {self.lambda_adapt_rate}")
         need(self.lambda_max > 0, "lambda-max", f"must be > 0, got {self.lambda_max}")
+        need(0 <= self.target_ramp <= 1, "target-ramp", f"must be in [0, 1], got {self.target_ramp}")
         need(self.threshold_reach is None
              or (self.threshold_reach >= 0 and math.isfinite(self.threshold_reach)),
              "threshold-reach", f"must be a number >= 0 or 'off', got {self.threshold_reach}")

@@ -105,9 +105,9 @@ class LambdaController:
     """Lambda for `--target-ms`: a signed Lagrange multiplier under PI control.
 
     Before every step of the latency phase, with R the predicted latency (ms) of the current
-    hard decisions and e = ln(R / target):
+    hard decisions and e = ln(R / T_s):
 
-        I      = clip(I + rate * e)           (the integral: dual ascent on ln R <= ln target)
+        I      = clip(I + rate * e)           (the integral: dual ascent on ln R <= ln T_s)
         lambda = clip(I + gain * e)           clip: to [-lambda_max, lambda_max]
 
     Lambda is negative while the network is under budget, so the latency term then pulls
@@ -115,28 +115,48 @@ class LambdaController:
     proportional term damps: it reverses the push as soon as R crosses the target, while
     RMSProp's momentum still carries the thresholds; the integral removes the steady offset
     that the cross-entropy's pull would leave. R comes from thresholds and weights that every
-    rank holds identically, so every DDP rank computes the same lambda. I starts at 0."""
+    rank holds identically, so every DDP rank computes the same lambda. I starts at 0.
 
-    def __init__(self, target_ms: float, gain: float, rate: float, lam_max: float):
+    T_s ramps: over the first `ramp_steps` steps of the phase it falls geometrically from R_0,
+    the latency at the phase's first step, to the target. Aimed at the budget from the first
+    step, e = ln(R_0 / T) makes lambda large at once and every threshold moves at RMSProp's
+    full rate, so every layer shrinks alike within ~10 steps and the cross-entropy ranks nothing
+    (docs/search_quality.md). Ramped, lambda stays just large enough to turn off the decisions
+    whose latency saving outweighs their pull on the cross-entropy, a few at a time."""
+
+    def __init__(self, target_ms: float, gain: float, rate: float, lam_max: float,
+                 ramp_steps: int = 0):
         self.target_ms, self.gain, self.rate, self.lam_max = target_ms, gain, rate, lam_max
+        self.ramp_steps = ramp_steps
         self.integral = 0.0
         self.lam = 0.0
+        self.start_ms: float | None = None
 
     def _clip(self, v: float) -> float:
         return min(self.lam_max, max(-self.lam_max, v))
 
-    def update(self, latency_ms: float) -> float:
-        """The lambda of the next step, given the latency of the decisions it starts from."""
-        e = math.log(latency_ms / self.target_ms)
+    def target(self, step: int) -> float:
+        """T_s, the target of the phase's step `step` (0 = its first)."""
+        if self.start_ms is None or step >= self.ramp_steps:
+            return self.target_ms
+        f = step / self.ramp_steps
+        return self.start_ms ** (1 - f) * self.target_ms ** f
+
+    def update(self, latency_ms: float, step: int = 0) -> float:
+        """The lambda of the phase's step `step`, given the latency of the decisions it starts from."""
+        if self.start_ms is None:
+            self.start_ms = latency_ms
+        e = math.log(latency_ms / self.target(step))
         self.integral = self._clip(self.integral + self.rate * e)
         self.lam = self._clip(self.integral + self.gain * e)
         return self.lam
 
     def state_dict(self) -> dict:
-        return {"integral": self.integral, "lam": self.lam}
+        return {"integral": self.integral, "lam": self.lam, "start_ms": self.start_ms}
 
     def load_state_dict(self, state: dict) -> None:
         self.integral, self.lam = float(state["integral"]), float(state["lam"])
+        self.start_ms = state.get("start_ms")
 
 
 # -- the driver --------------------------------------------------------------------------------------
@@ -192,6 +212,7 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
     global_batch = cfg.batch_size * ranks.world
     steps_per_epoch = count_steps(len(split.train), cfg.batch_size, ranks.world, cfg.steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
+    phase_start = math.ceil(cfg.dropout_epochs * steps_per_epoch)  # the latency phase's first step
     if total_steps < MIN_STEPS:
         ranks.say(out, f"warning: {total_steps} steps in all ({len(split.train)} training images, global "
                    f"batch {global_batch}, {cfg.epochs} epochs) are too few for the supernet to "
@@ -213,8 +234,9 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
     lam = float(ckpt["lambda"]) if ckpt is not None else (0.0 if cfg.target_ms else cfg.lam)
     controller = None
     if cfg.target_ms:
+        ramp_steps = round(cfg.target_ramp * (total_steps - phase_start))
         controller = LambdaController(cfg.target_ms, cfg.lambda_gain, cfg.lambda_adapt_rate,
-                                      cfg.lambda_max)
+                                      cfg.lambda_max, ramp_steps)
         if ckpt is not None and "controller" in ckpt:
             controller.load_state_dict(ckpt["controller"])
     model = data_parallel(net, ranks)
@@ -258,8 +280,10 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         expected_ms = net.runtime(runtime, cfg.formula)
         if searching and controller is not None:
             # lambda from the architecture the step starts with (identical on every rank)
-            state["lam"] = controller.update(runtime.predict(net.derive()))
+            state["lam"] = controller.update(runtime.predict(net.derive()), steps_done - phase_start)
         lam_now = state["lam"] if searching else 0.0
+        target_now = ({"target_ms": controller.target(steps_done - phase_start)}
+                      if searching and controller is not None else {})
         loss = ce + wd + lam_now * cfg.lambda_scale * torch.log(expected_ms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -271,7 +295,7 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         # when a log line or the progress bar shows it, once per step
         hard_ms = functools.cache(lambda: runtime.predict(net.derive()))
         return Step(loss,
-                    lambda: {"lambda": lam_now, "ce": ce.item(), "loss": loss.item(),
+                    lambda: {"lambda": lam_now, **target_now, "ce": ce.item(), "loss": loss.item(),
                              "expected_ms": expected_ms.item(), "latency_ms": hard_ms(),
                              "train_acc": (logits.argmax(1) == y).float().mean().item()},
                     lambda: {"ce": f"{ce.item():.3f}", "ms": f"{hard_ms():.1f}", "lam": f"{lam_now:.3g}"})
@@ -281,6 +305,11 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         nonlocal val_acc
         if ranks.main:
             eval_net.load_state_dict(ema.shadow)
+            # the choices are the live thresholds': their average jumps at placement and lags
+            # every decision, so with it the EMA weights ran another network than the one found
+            # (BN statistics, copied live, of the found one; 10-46 % validation accuracy)
+            for t_eval, t in zip(eval_net.thresholds(), net.thresholds()):
+                t_eval.data.copy_(t.detach())
             val_acc = evaluate(eval_net, split.val, 256, ranks.device, cfg.workers, fmt, cfg.precision)
             arch = net.derive()
             metrics.log({"kind": "epoch", "step": steps_done, "epoch": steps_done // steps_per_epoch,

@@ -59,12 +59,14 @@ def test_resume_reaches_the_same_result(tmp_path, target_ms):
     # with a target, the controller's state (integral, lambda) must come back from the checkpoint:
     # the per-step lambdas in the metrics and the final thresholds would differ otherwise
     full = run_search(tiny_config(tmp_path / "full", target_ms=target_ms))
-    part = run_search(tiny_config(tmp_path / "part", stop_after_step=4, target_ms=target_ms))  # mid-epoch, like Ctrl-C
-    assert not part["finished"] and part["step"] == 4
+    # mid-epoch, like Ctrl-C, two steps into the latency phase (the first is on the ramp's start)
+    part = run_search(tiny_config(tmp_path / "part", stop_after_step=5, target_ms=target_ms))
+    assert not part["finished"] and part["step"] == 5
     ckpt = load_checkpoint(str(tmp_path / "part" / "checkpoint.pt"))
-    assert ckpt["step"] == 4
+    assert ckpt["step"] == 5
     if target_ms:
-        assert ckpt["controller"]["integral"] != 0 and ckpt["controller"]["lam"] == ckpt["lambda"]
+        state = ckpt["controller"]
+        assert state["integral"] != 0 and state["lam"] == ckpt["lambda"] and state["start_ms"] > 60
     resumed = run_search(tiny_config(tmp_path / "part", target_ms=target_ms), resume=True)
     assert resumed["finished"]
     assert torch.equal(full["thresholds"], resumed["thresholds"])

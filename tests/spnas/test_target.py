@@ -41,7 +41,8 @@ def test_controller_state_round_trips():
     for r in (131.0, 90.0, 40.0, 55.0):
         a.update(r)
     state = a.state_dict()
-    assert set(state) == {"integral", "lam"} and all(isinstance(v, float) for v in state.values())
+    assert set(state) == {"integral", "lam", "start_ms"}
+    assert all(isinstance(v, float) for v in state.values())
     b = LambdaController(60.0, gain=0.03, rate=0.001, lam_max=0.05)
     b.load_state_dict(state)
     assert [a.update(r) for r in (70.0, 58.0, 61.0)] == [b.update(r) for r in (70.0, 58.0, 61.0)]
@@ -106,3 +107,22 @@ def test_short_search_lands_on_its_target(tmp_path):
     # under budget the latency term pushed back up: lambda went negative
     assert any(r["lambda"] < 0 for r in train)
     assert min(r["latency_ms"] for r in train) < target  # it did undershoot and come back
+
+
+def test_target_ramps_geometrically_from_the_starting_latency():
+    c = LambdaController(0.34, gain=0.03, rate=0.0003, lam_max=0.05, ramp_steps=100)
+    assert c.update(0.56, step=0) == 0.0  # on the ramp's start: no error, no push
+    assert c.start_ms == 0.56
+    assert c.target(50) == pytest.approx(math.sqrt(0.56 * 0.34))
+    assert c.target(100) == c.target(400) == 0.34
+    # the error is taken against the ramped target, not the budget
+    lam = c.update(0.56, step=50)
+    assert lam == pytest.approx(c.integral + 0.03 * math.log(0.56 / math.sqrt(0.56 * 0.34)))
+    assert lam < 0.03 * math.log(0.56 / 0.34)
+    # the starting latency is part of the state: a resumed controller ramps the same way
+    d = LambdaController(0.34, gain=0.03, rate=0.0003, lam_max=0.05, ramp_steps=100)
+    d.load_state_dict(c.state_dict())
+    assert [c.update(r, s) for r, s in ((0.5, 60), (0.45, 61))] == \
+        [d.update(r, s) for r, s in ((0.5, 60), (0.45, 61))]
+    # without a ramp the budget is the target from the first step
+    assert LambdaController(0.34, 0.03, 0.0003, 0.05).update(0.56, 0) > 0

@@ -67,12 +67,16 @@ FLAGS = (
      "land on this predicted latency instead of using a fixed --lambda: before every step of the "
      "latency phase lambda = I + gain x e, I += rate x e, e = ln(R / target), R the predicted "
      "latency of the current hard decisions; lambda is negative while under budget, pulling "
-     "layers back on (docs/search.md; measured on digits: ended within 1.3%% of 40, 60, 75, 100 ms; "
+     "layers back on (docs/search.md; measured on digits: ended within 1.2%% of 40, 60, 75 ms and 5%% of 100 ms; "
      "default: off, the paper's fixed lambda)"),
     ("--lambda-gain", "lambda_gain", float, "with --target-ms: proportional gain on ln(R / target)"),
     ("--lambda-adapt-rate", "lambda_adapt_rate", float,
      "with --target-ms: integral gain, per step, on ln(R / target)"),
     ("--lambda-max", "lambda_max", float, "with --target-ms: |lambda| is clipped to this"),
+    ("--target-ramp", "target_ramp", float,
+     "with --target-ms: over this share of the latency phase the controller's target falls "
+     "geometrically from the starting latency to --target-ms, so decisions go off a few at a "
+     "time, the cheapest for the cross-entropy first (0: the budget from the first step)"),
     ("--threshold-reach", "threshold_reach", _margin,
      "with --target-ms: after every step keep each threshold at most this far above the norm "
      "it compares, so a decision that went off can come back (off: no clamp)"),
@@ -99,7 +103,7 @@ GROUPS = (
     ("data", ("data", "image_size", "val_fraction", "workers", "augment")),
     ("network", ("space", "width_mult", "op_backend", "dropout", "init_from")),
     ("latency term", ("runtime_model", "formula", "lam", "lambda_scale", "target_ms", "lambda_gain",
-                      "lambda_adapt_rate", "lambda_max", "threshold_reach", "threshold_margin",
+                      "lambda_adapt_rate", "lambda_max", "target_ramp", "threshold_reach", "threshold_margin",
                       "threshold_lr_mult", "dropout_epochs", "indicator_keep")),
     ("schedule and optimizer", ("epochs", "batch_size", "lr", "lr_per_256", "lr_decay",
                                 "lr_decay_epochs", "warmup_epochs", "rmsprop_decay", "momentum",
