@@ -75,8 +75,19 @@ class SuperDepthwiseConv2d(nn.Module):
         the latency and accuracy terms at once. The norms are those of `masked_weight` with all
         decisions on: the outer ring, the e6 half (5x5), the e3 half (5x5).
         """
-        norms = self.margins(torch.zeros_like(self.thresholds))
-        self.thresholds.copy_(norms - margin)
+        self.set_margins(torch.full((3,), float(margin)))
+
+    @torch.no_grad()
+    def set_margins(self, margins: torch.Tensor) -> None:
+        """Thresholds that give this layer's weights the (3,) `margins`: the decisions of another
+        copy of the layer (its `margins()`) with these weights. The expand and keep indicators
+        compare norms that hold the outer ring only while the kernel decision is on, so that
+        decision is set first."""
+        margins = margins.to(self.thresholds)
+        t = torch.zeros_like(self.thresholds)
+        t[0] = self.margins(t)[0] - margins[0]
+        t[1:] = self.margins(t)[1:] - margins[1:]  # the norms under that kernel decision
+        self.thresholds.copy_(t)
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, stride={self.stride}, skippable={self.skippable}, "

@@ -305,11 +305,9 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         nonlocal val_acc
         if ranks.main:
             eval_net.load_state_dict(ema.shadow)
-            # the choices are the live thresholds': their average jumps at placement and lags
-            # every decision, so with it the EMA weights ran another network than the one found
-            # (BN statistics, copied live, of the found one; 10-46 % validation accuracy)
-            for t_eval, t in zip(eval_net.thresholds(), net.thresholds()):
-                t_eval.data.copy_(t.detach())
+            # the EMA weights with the found choices (with their own thresholds they ran
+            # another network, its BN statistics those of the found one: 10 % validation accuracy)
+            eval_net.copy_decisions(net)
             val_acc = evaluate(eval_net, split.val, 256, ranks.device, cfg.workers, fmt, cfg.precision)
             arch = net.derive()
             metrics.log({"kind": "epoch", "step": steps_done, "epoch": steps_done // steps_per_epoch,

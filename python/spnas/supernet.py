@@ -78,6 +78,15 @@ class SinglePathSuperNet(nn.Module):
             b.superkernel.place_thresholds(margin)
 
     @torch.no_grad()
+    def copy_decisions(self, other: "SinglePathSuperNet") -> None:
+        """Thresholds that make this supernet's weights take `other`'s decisions, at `other`'s
+        margins. Evaluating a search's EMA weights needs this: the averaged thresholds jump at
+        placement and lag every decision, and even the live thresholds against the averaged
+        weights' norms flip decisions near their threshold."""
+        for mine, theirs in zip(self.searchable, other.searchable):
+            mine.superkernel.set_margins(theirs.superkernel.margins())
+
+    @torch.no_grad()
     def hard_decisions(self) -> torch.Tensor:
         """(num_layers, 3) 0/1 decisions from the current weights and thresholds (no dropout)."""
         return torch.tensor([b.superkernel.hard_decisions() for b in self.searchable])

@@ -146,6 +146,30 @@ def test_placed_thresholds_keep_every_decision_on_with_a_live_gradient():
     assert (layer.thresholds.grad <= -(s * (1 - s)) + 1e-6).all()
 
 
+@pytest.mark.parametrize("decisions", [(1, 1, 1), (0, 1, 1), (1, 0, 1), (0, 0, 0), (0, 1, 0)])
+def test_copied_decisions_hold_under_other_weights(decisions):
+    # a search's EMA weights are evaluated with the live decisions: the copy must reproduce
+    # every decision (the kernel one first: it changes the norms the other two compare) and
+    # every margin, though its weights' norms differ
+    live = SuperDepthwiseConv2d(12, op_backend="reference")
+    other = SuperDepthwiseConv2d(12, op_backend="reference")
+    with torch.no_grad():
+        other.weight.mul_(1.7)
+    live.set_margins(torch.tensor([0.4 if on else -0.3 for on in decisions]))
+    assert live.hard_decisions() == decisions
+    other.set_margins(live.margins())
+    assert other.hard_decisions() == decisions
+    assert torch.allclose(other.margins(), live.margins(), atol=1e-5)
+    assert not torch.allclose(other.thresholds, live.thresholds, atol=0.1)
+    net = SinglePathSuperNet(num_classes=3, width_mult=0.25, op_backend="reference")
+    twin = SinglePathSuperNet(num_classes=3, width_mult=0.25, op_backend="reference")
+    for i, b in enumerate(net.searchable):
+        b.superkernel.set_margins(torch.tensor([0.5, -0.5, 0.5]) * (-1) ** i)
+    twin.copy_decisions(net)
+    assert torch.equal(twin.hard_decisions(), net.hard_decisions())
+    assert net.hard_decisions()[:, 0].tolist() != [1] * len(net.searchable)
+
+
 def test_head_pools_with_keepdim_and_flattens():
     from spnas.layers import Head
     head = Head(8, 16, 3, 0.0, 1e-3).eval()
