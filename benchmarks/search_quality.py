@@ -264,10 +264,7 @@ def run(args) -> dict:
                 pending[pool.submit(train_job, args, arch.ops, seed)] = ("train", key)
 
     def after_search(budget: float) -> None:
-        found = Architecture(results.done[f"search {budget:g}"]["ops"], space)
-        randoms = same_latency(space, model, model.predict(found), args.tolerance, args.random,
-                               seed=round(budget * 1000))
-        for role, arch in [("found", found)] + [("random", r) for r in randoms]:
+        for role, arch in contenders(results, args, budget, space, model):
             train(role, budget, arch)
 
     searches = [b for b in args.budgets if f"search {b:g}" not in results.done]
@@ -304,8 +301,33 @@ def run(args) -> dict:
     return report(results, args)
 
 
+def contenders(results: Results, args, budget: float, space, model) -> list[tuple[str, Architecture]]:
+    """The networks compared at a budget: the one its search found and the random ones of the
+    same latency drawn for it (none before the search has finished)."""
+    search = results.done.get(f"search {budget:g}")
+    if search is None:
+        return []
+    found = Architecture(search["ops"], space)
+    randoms = same_latency(space, model, model.predict(found), args.tolerance, args.random,
+                           seed=round(budget * 1000))
+    return [("found", found)] + [("random", r) for r in randoms]
+
+
+def comparison(results: Results, args) -> list[dict]:
+    """The finished trainings of the comparison as it stands: the baselines and every budget's
+    contenders. Trainings of an earlier search of a budget (its record replaced after a change
+    to the search) are left out: their random networks were drawn for another latency."""
+    space, model = get_space(args.space), RuntimeModel.resolve(args.latency_model)
+    wanted = {(name, None, tuple(arch.ops)) for name, arch in baselines(space).items()}
+    for budget in args.budgets:
+        wanted |= {(role, budget, tuple(arch.ops))
+                   for role, arch in contenders(results, args, budget, space, model)}
+    return [r for r in results.done.values()
+            if r["kind"] == "train" and (r["role"], r["budget"], tuple(r["ops"])) in wanted]
+
+
 def report(results: Results, args) -> dict:
-    trains = [r for r in results.done.values() if r["kind"] == "train"]
+    trains = comparison(results, args)
     by_net = {}
     for r in trains:
         key = (r["role"], r["budget"], tuple(r["ops"]))

@@ -40,6 +40,17 @@ def test_quick_comparison_and_resume(tmp_path, capsys):
     assert bench.main(["--scale", "quick", "--out", str(out), "--report"]) == 0
     assert "| 60 |" in capsys.readouterr().out
     assert (out / "results.jsonl").read_text().splitlines() == lines
+    # trainings of an earlier search of the budget (the file kept them after the search record
+    # was replaced) are not part of the comparison: their random networks were drawn for the
+    # earlier found network's latency
+    trained = next(r for r in records if r.get("role") == "random")
+    stale = [{**trained, "role": role, "ops": ["skip"] + trained["ops"][1:], "test_top1": 0.01,
+              "job": f"train {role} 60 stale seed 0"} for role in ("random", "found")]
+    with open(out / "results.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in stale)
+    assert bench.main(["--scale", "quick", "--out", str(out), "--report"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["budgets"] == summary["budgets"]
 
 
 def test_parallel_workers_run_every_job_once(tmp_path, monkeypatch):
