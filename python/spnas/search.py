@@ -212,7 +212,11 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
     global_batch = cfg.batch_size * ranks.world
     steps_per_epoch = count_steps(len(split.train), cfg.batch_size, ranks.world, cfg.steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
-    phase_start = math.ceil(cfg.dropout_epochs * steps_per_epoch)  # the latency phase's first step
+    # the latency phase's first step: the first whose epoch (steps / steps_per_epoch) has
+    # reached dropout_epochs; the one definition of the phases (ceil of the product can be off
+    # by one step in floating point, e.g. 2.4 * 100)
+    phase_start = next((s for s in range(total_steps + 1)
+                        if s / steps_per_epoch >= cfg.dropout_epochs), total_steps)
     if total_steps < MIN_STEPS:
         ranks.say(out, f"warning: {total_steps} steps in all ({len(split.train)} training images, global "
                    f"batch {global_batch}, {cfg.epochs} epochs) are too few for the supernet to "
@@ -261,10 +265,8 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
     val_acc = None  # of the last epoch: the found choices in the supernet's EMA weights
 
     def step(x, y, steps_done: int, lr: float) -> Step:
-        epoch_f = steps_done / steps_per_epoch
-        searching = epoch_f >= cfg.dropout_epochs
-        if searching and cfg.threshold_margin is not None and (
-                steps_done == 0 or (steps_done - 1) / steps_per_epoch < cfg.dropout_epochs):
+        searching = steps_done >= phase_start
+        if cfg.threshold_margin is not None and steps_done == phase_start:
             # the first step of the latency phase: decisions where the losses can move them
             net.place_thresholds(cfg.threshold_margin)
         torch.manual_seed(cfg.seed * 1_000_003 + steps_done)
