@@ -62,7 +62,7 @@ class SearchConfig:
     ema_decay: float = 0.9999
     lam: float = 0.02
     lambda_scale: float = 1e3
-    target_ms: float | None = None      # land on this predicted latency: lambda from LambdaController
+    target_ms: float | None = None      # a latency budget: lambda from LambdaController
     lambda_gain: float = 0.03           # with target_ms: proportional gain on ln(R / target)
     lambda_adapt_rate: float = 0.0003   # with target_ms: integral gain per step on ln(R / target)
     lambda_max: float = 0.05            # with target_ms: |lambda| <= this

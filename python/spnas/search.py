@@ -10,7 +10,8 @@ decisions at the end.
 With `target_ms` (beyond the paper) lambda is no longer a constant but a signed multiplier set
 before every latency-phase step by `LambdaController` (PI control on ln(R / target), R the
 predicted latency of the current hard decisions), and `clamp_thresholds` keeps every decision
-that is off within reach of coming back; see docs/search.md.
+that is off within reach of coming back; if the final decisions exceed the budget, the last
+ones within it are the result. See docs/search.md.
 
 Determinism is what makes resuming and multi-process runs agree: every random draw depends only
 on (seed, epoch) or (seed, step), so a resumed run replays exactly the batches and dropout masks
@@ -107,6 +108,7 @@ class LambdaController:
     Before every step of the latency phase, with R the predicted latency (ms) of the current
     hard decisions and e = ln(R / T_s):
 
+        I      = 0  where I and e have opposite signs   (anti-windup, below)
         I      = clip(I + rate * e)           (the integral: dual ascent on ln R <= ln T_s)
         lambda = clip(I + gain * e)           clip: to [-lambda_max, lambda_max]
 
@@ -122,7 +124,12 @@ class LambdaController:
     step, e = ln(R_0 / T) makes lambda large at once and every threshold moves at RMSProp's
     full rate, so every layer shrinks alike within ~10 steps and the cross-entropy ranks nothing
     (docs/search_quality.md). Ramped, lambda stays just large enough to turn off the decisions
-    whose latency saving outweighs their pull on the cross-entropy, a few at a time."""
+    whose latency saving outweighs their pull on the cross-entropy, a few at a time.
+
+    Anti-windup: R moves in steps (identical layers flip together), so it can sit one step above
+    T_s for tens of steps while the integral grows. Kept after R crossed, that integral went on
+    pushing the same way for ~20 more steps and the search landed 11-13% under its budget
+    (docs/search_quality.md); an integral that opposes the current error is dropped instead."""
 
     def __init__(self, target_ms: float, gain: float, rate: float, lam_max: float,
                  ramp_steps: int = 0):
@@ -147,6 +154,8 @@ class LambdaController:
         if self.start_ms is None:
             self.start_ms = latency_ms
         e = math.log(latency_ms / self.target(step))
+        if e * self.integral < 0:
+            self.integral = 0.0
         self.integral = self._clip(self.integral + self.rate * e)
         self.lam = self._clip(self.integral + self.gain * e)
         return self.lam
@@ -261,7 +270,9 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
 
     metrics = folder.metrics
     loop = Loop("search", cfg, ranks, run_dir, steps_per_epoch, total_steps, base_lr, opt, fmt)
-    state = {"lam": lam}
+    # with --target-ms, the last decisions of the latency phase within the budget: the result if
+    # the final ones exceed it (the controller keeps R near T, on either side)
+    state = {"lam": lam, "within": ckpt.get("within_budget") if ckpt is not None else None}
     val_acc = None  # of the last epoch: the found choices in the supernet's EMA weights
 
     def step(x, y, steps_done: int, lr: float) -> Step:
@@ -282,7 +293,10 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         expected_ms = net.runtime(runtime, cfg.formula)
         if searching and controller is not None:
             # lambda from the architecture the step starts with (identical on every rank)
-            state["lam"] = controller.update(runtime.predict(net.derive()), steps_done - phase_start)
+            start_ms = runtime.predict(net.derive())
+            state["lam"] = controller.update(start_ms, steps_done - phase_start)
+            if start_ms <= cfg.target_ms:
+                state["within"] = {"step": steps_done, "ms": start_ms, "margins": margins(net).cpu()}
         lam_now = state["lam"] if searching else 0.0
         target_now = ({"target_ms": controller.target(steps_done - phase_start)}
                       if searching and controller is not None else {})
@@ -305,6 +319,8 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
     def end_epoch(steps_done: int, lr: float) -> None:
         # evaluate the EMA weights, log the decisions
         nonlocal val_acc
+        if steps_done == total_steps:
+            keep_within_budget()
         if ranks.main:
             eval_net.load_state_dict(ema.shadow)
             # the EMA weights with the found choices (with their own thresholds they ran
@@ -319,12 +335,27 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
                          "thresholds": [t.detach().cpu().tolist() for t in net.thresholds()],
                          "seconds": time.time() - started})
 
+    def keep_within_budget() -> None:
+        """At the end of a --target-ms search whose final decisions exceed the budget: the last
+        decisions that met it, set as margins on the final weights (every rank alike)."""
+        within = state["within"]
+        if controller is None or within is None:
+            return
+        final_ms = runtime.predict(net.derive())
+        if final_ms <= cfg.target_ms:
+            return
+        net.set_margins(within["margins"].to(ranks.device))
+        ranks.say(out, f"the final decisions ({final_ms:.4g} ms) exceed --target-ms {cfg.target_ms:g}; "
+                       f"the result is the last ones within it (step {within['step']}, "
+                       f"{within['ms']:.4g} ms)")
+
     def save(steps_done: int) -> None:
         folder.save({
             "format": "spnas-search-checkpoint", "version": 1, "step": steps_done,
             "lambda": state["lam"], "config": dataclasses.asdict(cfg), "model": net.state_dict(),
             "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-            **({"controller": controller.state_dict()} if controller else {})})
+            **({"controller": controller.state_dict(), "within_budget": state["within"]}
+               if controller else {})})
 
     started = time.time()
     steps_done, interrupted = loop.run(split.train, steps_done, metrics, step, end_epoch, save, out)

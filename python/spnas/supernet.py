@@ -83,8 +83,14 @@ class SinglePathSuperNet(nn.Module):
         margins. Evaluating a search's EMA weights needs this: the averaged thresholds jump at
         placement and lag every decision, and even the live thresholds against the averaged
         weights' norms flip decisions near their threshold."""
-        for mine, theirs in zip(self.searchable, other.searchable):
-            mine.superkernel.set_margins(theirs.superkernel.margins())
+        self.set_margins(torch.stack([b.superkernel.margins() for b in other.searchable]))
+
+    @torch.no_grad()
+    def set_margins(self, margins: torch.Tensor) -> None:
+        """Thresholds that give these weights the (num_layers, 3) `margins`, and so their
+        decisions (`SuperDepthwiseConv2d.set_margins`)."""
+        for block, m in zip(self.searchable, margins):
+            block.superkernel.set_margins(m)
 
     @torch.no_grad()
     def hard_decisions(self) -> torch.Tensor:

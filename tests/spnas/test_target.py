@@ -1,12 +1,14 @@
 """`--target-ms`: the signed-lambda controller, the threshold reach clamp, and a short search
 that has to land on its budget."""
 
+import io
 import json
 import math
 
 import pytest
 import torch
 from spnas import RuntimeModel
+from spnas.cli import main
 from spnas.search import (
     LambdaController,
     SearchConfig,
@@ -106,7 +108,12 @@ def test_short_search_lands_on_its_target(tmp_path):
     assert abs(result["predicted_ms"] - target) <= 0.15 * target, result["predicted_ms"]
     # under budget the latency term pushed back up: lambda went negative
     assert any(r["lambda"] < 0 for r in train)
-    assert min(r["latency_ms"] for r in train) < target  # it did undershoot and come back
+    assert min(r["latency_ms"] for r in train[:-1]) < target  # it did undershoot and come back
+    # so some step started within the budget, and the result meets it (the final decisions, or
+    # the last ones within it if those exceed it), and the checkpoint derives the same result
+    assert result["predicted_ms"] <= target
+    assert main(["derive", str(run), "--out", str(tmp_path / "derived.json")]) == 0
+    assert json.loads((tmp_path / "derived.json").read_text())["ops"] == result["arch"].ops
 
 
 def test_target_ramps_geometrically_from_the_starting_latency():
@@ -126,3 +133,38 @@ def test_target_ramps_geometrically_from_the_starting_latency():
         [d.update(r, s) for r, s in ((0.5, 60), (0.45, 61))]
     # without a ramp the budget is the target from the first step
     assert LambdaController(0.34, 0.03, 0.0003, 0.05).update(0.56, 0) > 0
+
+
+def test_integral_is_dropped_once_it_opposes_the_error():
+    # one step above the target for a long time winds the integral up; the first step under it
+    # must not keep pushing decisions off (the search landed 11-13% under its budget)
+    c = LambdaController(0.34, gain=0.03, rate=0.0003, lam_max=0.05)
+    for _ in range(50):
+        c.update(0.368)
+    assert c.integral == pytest.approx(50 * 0.0003 * math.log(0.368 / 0.34))
+    e = math.log(0.323 / 0.34)
+    assert c.update(0.323) == pytest.approx((0.03 + 0.0003) * e)  # < 0: pulls decisions back on
+    assert c.integral == pytest.approx(0.0003 * e)
+    # while the error keeps its sign the integral accumulates as before
+    c.update(0.323)
+    assert c.integral == pytest.approx(2 * 0.0003 * e)
+
+
+def test_final_decisions_over_budget_give_way_to_the_last_within_it(tmp_path):
+    # the same tiny search at 85 ms ends one flip above its budget (90.9 ms); the result is the
+    # last decisions that met it, set on the final weights, and the checkpoint agrees
+    run = tmp_path / "run"
+    cfg = SearchConfig(run_dir=str(run), image_size=8, width_mult=0.5, batch_size=32, epochs=5,
+                       dropout_epochs=0.5, steps_per_epoch=32, lr=0.004, log_every=1,
+                       progress=False, target_ms=85.0)
+    out = io.StringIO()
+    result = run_search(cfg, out=out)
+    train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    assert train[-1]["latency_ms"] > 85.0  # the final decisions
+    # the step that started within budget last: the one after the last logged within it
+    last = max(r["step"] for r in train[:-1] if r["latency_ms"] <= 85.0)
+    assert f"(step {last}, " in out.getvalue()
+    assert result["predicted_ms"] == pytest.approx(next(r["latency_ms"] for r in train if r["step"] == last))
+    assert main(["derive", str(run), "--out", str(tmp_path / "derived.json")]) == 0
+    assert json.loads((tmp_path / "derived.json").read_text())["ops"] == result["arch"].ops

@@ -64,10 +64,11 @@ FLAGS = (
                                "(not used with --target-ms)"),
     ("--lambda-scale", "lambda_scale", float, "constant factor on the latency loss"),
     ("--target-ms", "target_ms", float,
-     "land on this predicted latency instead of using a fixed --lambda: before every step of the "
-     "latency phase lambda = I + gain x e, I += rate x e, e = ln(R / target), R the predicted "
-     "latency of the current hard decisions; lambda is negative while under budget, pulling "
-     "layers back on (docs/search.md; measured on digits: ended within 1.2%% of 40, 60, 75 ms and 5%% of 100 ms; "
+     "a latency budget instead of a fixed --lambda: before every step of the latency phase "
+     "lambda = I + gain x e, I += rate x e, e = ln(R / target), R the predicted latency of the "
+     "current hard decisions; lambda is negative while under budget, pulling layers back on. "
+     "The result is the final decisions, or the last ones within the budget if those exceed it "
+     "(docs/search.md; measured on digits: 3-12%% under 40, 60, 75 and 100 ms; "
      "default: off, the paper's fixed lambda)"),
     ("--lambda-gain", "lambda_gain", float, "with --target-ms: proportional gain on ln(R / target)"),
     ("--lambda-adapt-rate", "lambda_adapt_rate", float,
