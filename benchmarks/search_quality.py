@@ -447,7 +447,10 @@ def main(argv=None) -> int:
     if args.parallel < 1 or (args.threads is not None and args.threads < 1):
         p.error("--parallel and --threads must be >= 1")
     if args.report:  # what is done so far, e.g. while another process runs the jobs
-        report(Results(os.path.join(args.out, "results.jsonl")), args)
+        path = os.path.join(args.out, "results.jsonl")
+        if not os.path.exists(path):
+            p.error(f"--report: no {path} (the --out folder of a run)")
+        report(Results(path), args)
         return 0
     try:
         run(args)

@@ -70,3 +70,14 @@ def test_parallel_workers_run_every_job_once(tmp_path, monkeypatch):
     before = (out / "results.jsonl").read_text()
     assert bench.main(args) == 0
     assert (out / "results.jsonl").read_text() == before
+
+
+def test_report_of_a_folder_without_results_says_so(tmp_path, capsys):
+    bench = load_benchmark()
+    try:
+        bench.main(["--scale", "quick", "--out", str(tmp_path / "none"), "--report"])
+    except SystemExit as exit:
+        assert exit.code == 2
+    else:
+        raise AssertionError("--report on an empty folder must fail")
+    assert "no " + str(tmp_path / "none" / "results.jsonl") in capsys.readouterr().err
