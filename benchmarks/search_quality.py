@@ -13,7 +13,9 @@ k5_e6); (4) trains every network with the same recipe for every seed and records
 split carved from the training images). Every finished job is one line of OUT/results.jsonl,
 so a killed run resumes where it stopped, and a run may span sessions. The report (a markdown
 table, OUT/summary.json and OUT/quality.png) says, per budget, where the found network's mean
-test accuracy falls among the random ones'.
+test accuracy falls among the random ones'. With --search-seeds, every budget is searched once
+per seed, and each search's network is compared with random ones of its own latency: how much
+the verdict depends on the search's own luck.
 """
 
 from __future__ import annotations
@@ -45,20 +47,21 @@ VM_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mna
 # epoch (the 30-epoch default) held-out accuracy still swung by up to 4 points between the last
 # epochs, and two seeds of one network ended 3.8 points apart.
 SCALES = {
-    "quick": dict(space="mnasnet", latency_model="pixel1", data="digits", image_size=16, budgets=(60.0,), random=2, seeds=(0,),
+    "quick": dict(space="mnasnet", latency_model="pixel1", data="digits", image_size=16,
+                  budgets=(60.0,), random=2, seeds=(0,), search_seeds=(0,),
                   search_epochs=4, search_steps=8, search_dropout=1.0, train_epochs=1,
                   train_steps=4, batch=32, width=0.25, tolerance=0.15, ema=0.9,
                   train_lr_decay=0.97),
     # mnasnet-small at Fashion-MNIST's own 28 px, timed on this VM's CPU by `spnas profile`
     # (benchmarks/data/): predicted latencies of random networks span 0.17-0.50 ms, median 0.34.
     "cpu": dict(space="mnasnet-small", latency_model=VM_MODEL, data="fashion-mnist", image_size=28,
-                budgets=(0.30, 0.34, 0.38), random=8, seeds=(0, 1), search_epochs=8,
+                budgets=(0.30, 0.34, 0.38), random=8, seeds=(0, 1), search_seeds=(0,), search_epochs=8,
                 search_steps=100, search_dropout=None, train_epochs=8, train_steps=100, batch=128,
                 width=1.0, tolerance=0.03, ema=0.99, train_lr_decay=0.6),
     # the same comparison at full size: every training image, 15 epochs, 16 random networks
     # and 3 seeds per budget (docs/search_quality.md: jobs in parallel on one GPU)
     "gpu": dict(space="mnasnet-small", latency_model=VM_MODEL, data="fashion-mnist", image_size=28,
-                budgets=(0.30, 0.34, 0.38), random=16, seeds=(0, 1, 2), search_epochs=8,
+                budgets=(0.30, 0.34, 0.38), random=16, seeds=(0, 1, 2), search_seeds=(0,), search_epochs=8,
                 search_steps=None, search_dropout=None, train_epochs=15, train_steps=None,
                 batch=256, width=1.0, tolerance=0.03, ema=0.999, train_lr_decay=0.75),
 }
@@ -167,21 +170,35 @@ def unfinished(run_dir: str) -> Stopped:
     return Stopped(run_dir)
 
 
-def search_job(args, budget: float) -> dict:
+def search_name(budget: float, search_seed: int) -> str:
+    """A search's job and folder name: search seed 0 keeps the names of a single-seed run."""
+    return f"search {budget:g}" + (f" seed {search_seed}" if search_seed else "")
+
+
+def roles(search_seed: int) -> tuple[str, str]:
+    """The roles of a search's found and random networks."""
+    suffix = f" s{search_seed}" if search_seed else ""
+    return "found" + suffix, "random" + suffix
+
+
+def search_job(args, budget: float, search_seed: int = 0) -> dict:
     if STOPPING:
         raise Stopped("not started")
-    cfg = SearchConfig(run_dir=os.path.join(args.out, f"search-{budget:g}"), data=args.data,
+    name = search_name(budget, search_seed)
+    cfg = SearchConfig(run_dir=os.path.join(args.out, name.replace(" seed ", "-s").replace(" ", "-")),
+                       data=args.data,
                        image_size=args.image_size, space=args.space, width_mult=args.width,
                        runtime_model=args.latency_model, epochs=args.search_epochs,
                        steps_per_epoch=args.search_steps, batch_size=args.batch,
                        dropout_epochs=args.search_dropout, target_ms=budget, ema_decay=args.ema,
-                       device=args.device, progress=False, seed=0)
+                       device=args.device, progress=False, seed=search_seed)
     resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
     started = time.time()
     out = run_search(cfg, resume=resume, out=io.StringIO())  # its report is in its run folder
     if not out["finished"]:
         raise unfinished(cfg.run_dir)
-    return {"job": f"search {budget:g}", "kind": "search", "budget": budget, "ops": out["arch"].ops,
+    return {"job": name, "kind": "search", "budget": budget, "search_seed": search_seed,
+            "ops": out["arch"].ops,
             "predicted_ms": out["predicted_ms"], "val_acc_supernet": out["val_acc"],
             "seconds": round(time.time() - started, 1)}
 
@@ -263,18 +280,19 @@ def run(args) -> dict:
                 waiting[key] = [wanted]
                 pending[pool.submit(train_job, args, arch.ops, seed)] = ("train", key)
 
-    def after_search(budget: float) -> None:
-        for role, arch in contenders(results, args, budget, space, model):
+    def after_search(budget: float, search_seed: int) -> None:
+        for role, arch in contenders(results, args, budget, space, model, search_seed):
             train(role, budget, arch)
 
-    searches = [b for b in args.budgets if f"search {b:g}" not in results.done]
-    for budget in searches:  # first: every training of a budget waits for its search
-        pending[pool.submit(search_job, args, budget)] = ("search", budget)
+    every = [(b, s) for b in args.budgets for s in args.search_seeds]
+    searches = [(b, s) for b, s in every if search_name(b, s) not in results.done]
+    for budget, search_seed in searches:  # first: every training of a search waits for it
+        pending[pool.submit(search_job, args, budget, search_seed)] = ("search", (budget, search_seed))
     for name, arch in baselines(space).items():
         train(name, None, arch)
-    for budget in args.budgets:
-        if budget not in searches:
-            after_search(budget)
+    for budget, search_seed in every:
+        if (budget, search_seed) not in searches:
+            after_search(budget, search_seed)
     # the total grows as searches finish and add their trainings; it is exact once they have
     clock = Clock(len(pending) + len(searches) * (args.random + 1) * len(args.seeds), 0)
     try:
@@ -284,8 +302,9 @@ def run(args) -> dict:
                 record = future.result()
                 if kind == "search":
                     results.add(record)
-                    clock.finished(f"search, budget {key:g} ms: found {record['predicted_ms']:.3g} ms")
-                    after_search(key)
+                    clock.finished(f"search, budget {key[0]:g} ms" + (f", seed {key[1]}" if key[1] else "")
+                                   + f": found {record['predicted_ms']:.3g} ms")
+                    after_search(*key)
                     continue
                 for role, budget, job in waiting.pop(key):
                     results.add({**record, "job": job, "role": role, "budget": budget,
@@ -301,16 +320,19 @@ def run(args) -> dict:
     return report(results, args)
 
 
-def contenders(results: Results, args, budget: float, space, model) -> list[tuple[str, Architecture]]:
-    """The networks compared at a budget: the one its search found and the random ones of the
-    same latency drawn for it (none before the search has finished)."""
-    search = results.done.get(f"search {budget:g}")
+def contenders(results: Results, args, budget: float, space, model,
+               search_seed: int = 0) -> list[tuple[str, Architecture]]:
+    """The networks compared at a budget for one search seed: the one that search found and the
+    random ones of the same latency drawn for it (none before the search has finished). Every
+    search of a budget draws from the same stream, so nearby latencies share networks."""
+    search = results.done.get(search_name(budget, search_seed))
     if search is None:
         return []
+    found_role, random_role = roles(search_seed)
     found = Architecture(search["ops"], space)
     randoms = same_latency(space, model, model.predict(found), args.tolerance, args.random,
                            seed=round(budget * 1000))
-    return [("found", found)] + [("random", r) for r in randoms]
+    return [(found_role, found)] + [(random_role, r) for r in randoms]
 
 
 def comparison(results: Results, args) -> list[dict]:
@@ -320,8 +342,9 @@ def comparison(results: Results, args) -> list[dict]:
     space, model = get_space(args.space), RuntimeModel.resolve(args.latency_model)
     wanted = {(name, None, tuple(arch.ops)) for name, arch in baselines(space).items()}
     for budget in args.budgets:
-        wanted |= {(role, budget, tuple(arch.ops))
-                   for role, arch in contenders(results, args, budget, space, model)}
+        for search_seed in args.search_seeds:
+            wanted |= {(role, budget, tuple(arch.ops))
+                       for role, arch in contenders(results, args, budget, space, model, search_seed)}
     return [r for r in results.done.values()
             if r["kind"] == "train" and (r["role"], r["budget"], tuple(r["ops"])) in wanted]
 
@@ -333,13 +356,15 @@ def report(results: Results, args) -> dict:
         key = (r["role"], r["budget"], tuple(r["ops"]))
         by_net.setdefault(key, []).append(r["test_top1"])
     rows, summary = [], {"budgets": {}, "args": {k: v for k, v in vars(args).items()}}
-    for budget in args.budgets:
-        found = [(k, v) for k, v in by_net.items() if k[0] == "found" and k[1] == budget]
-        randoms = [statistics.mean(v) for k, v in by_net.items() if k[0] == "random" and k[1] == budget]
+    for budget, search_seed in ((b, s) for b in args.budgets for s in args.search_seeds):
+        found_role, random_role = roles(search_seed)
+        found = [(k, v) for k, v in by_net.items() if k[0] == found_role and k[1] == budget]
+        randoms = [statistics.mean(v) for k, v in by_net.items() if k[0] == random_role and k[1] == budget]
         if not found:
             continue
         (_, _, ops), accs = found[0]
-        found_ms = next(r["predicted_ms"] for r in trains if r["role"] == "found" and r["budget"] == budget)
+        found_ms = next(r["predicted_ms"] for r in trains
+                        if r["role"] == found_role and r["budget"] == budget)
         mean = statistics.mean(accs)
         below = sum(r < mean for r in randoms) + 0.5 * sum(r == mean for r in randoms)
         percentile = 100 * below / len(randoms) if randoms else None
@@ -347,27 +372,30 @@ def report(results: Results, args) -> dict:
         # Does architecture matter here? The random networks' spread (sd of their means) against
         # the seed-to-seed spread of one network (pooled sd over the networks of this budget).
         random_sd = statistics.stdev(randoms) if len(randoms) >= 2 else None
-        seed_sd = pooled_sd([v for k, v in by_net.items() if k[1] == budget])
-        summary["budgets"][f"{budget:g}"] = dict(found_ops=list(ops), found_ms=found_ms,
+        seed_sd = pooled_sd([v for k, v in by_net.items()
+                             if k[1] == budget and k[0] in (found_role, random_role)])
+        label = f"{budget:g}" + (f" s{search_seed}" if search_seed else "")
+        summary["budgets"][label] = dict(search_seed=search_seed, found_ops=list(ops), found_ms=found_ms,
                                                  found_mean=mean, found=accs,
                                                  random_means=randoms, percentile=percentile,
                                                  random_q75=q75, random_sd=random_sd, seed_sd=seed_sd)
-        rows.append((budget, mean, accs, randoms, percentile, q75, random_sd, seed_sd))
+        rows.append((label, mean, accs, randoms, percentile, q75, random_sd, seed_sd))
     summary["baselines"] = {k[0]: v for k, v in by_net.items() if k[1] is None}
     scored = {r["scored_on"] for r in trains} or {"test"}
 
     print(f"\n## Search quality: {args.data}, {args.image_size} px, space {args.space}, "
-          f"width x{args.width}, seeds {list(args.seeds)} (top-1 on the {'/'.join(sorted(scored))} split)\n")
+          f"width x{args.width}, seeds {list(args.seeds)} (top-1 on the {'/'.join(sorted(scored))} split)"
+          + ("; budget sN: the search with seed N" if len(args.search_seeds) > 1 else "") + "\n")
     print("| budget ms | found ms | found: mean (per seed) | random: n, median, 75th pct "
           "| found's percentile | sd: random / seed |")
     print("|---:|---:|---|---|---:|---|")
-    for budget, mean, accs, randoms, pct, q75, random_sd, seed_sd in rows:
+    for label, mean, accs, randoms, pct, q75, random_sd, seed_sd in rows:
         spread = (f"{random_sd:.2%} / {seed_sd:.2%}" if random_sd is not None and seed_sd
                   else "-")
         rnd = (f"{len(randoms)}, {statistics.median(randoms):.2%}, {q75:.2%}" if q75 is not None
                else f"{len(randoms)}")
-        found_ms = summary["budgets"][f"{budget:g}"]["found_ms"]
-        print(f"| {budget:g} | {found_ms:.3g} | {mean:.2%} ({', '.join(f'{a:.2%}' for a in accs)}) | {rnd} | "
+        found_ms = summary["budgets"][label]["found_ms"]
+        print(f"| {label} | {found_ms:.3g} | {mean:.2%} ({', '.join(f'{a:.2%}' for a in accs)}) | {rnd} | "
               + (f"{pct:.0f} |" if pct is not None else "- |") + f" {spread} |")
     for name, accs in summary["baselines"].items():
         print(f"baseline {name}: {statistics.mean(accs):.2%} over {len(accs)} seed(s)")
@@ -395,6 +423,10 @@ def plot(trains: list[dict], path: str) -> None:
     styles = {"random": dict(color="0.6", marker="o", s=18, label="random, same latency"),
               "found": dict(color="tab:red", marker="*", s=160, label="found by the search")}
     baseline_colors = iter(("tab:blue", "tab:green", "tab:purple", "tab:orange"))
+    for role in sorted({r["role"] for r in trains}):  # the roles of other search seeds alike
+        for kind in ("found", "random"):
+            if role.startswith(kind + " s"):
+                styles[role] = styles[kind]
     for role in sorted({r["role"] for r in trains} - set(styles)):
         styles[role] = dict(color=next(baseline_colors, "tab:gray"), marker="s", s=40, label=role)
     shown = set()
@@ -423,6 +455,9 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", help="comma list of latency budgets in ms (default: the preset's)")
     p.add_argument("--random", type=int, help="random architectures per budget (default: the preset's)")
     p.add_argument("--seeds", help="comma list of training seeds (default: the preset's)")
+    p.add_argument("--search-seeds",
+                   help="comma list of search seeds: one search per budget and seed, each compared "
+                        "with random networks of its own latency (default: the preset's, 0)")
     p.add_argument("--tolerance", type=float,
                    help="random architectures within this fraction of the found latency "
                         "(default: the preset's, 0.03 but for quick)")
@@ -442,8 +477,10 @@ def main(argv=None) -> int:
         args.budgets = tuple(float(b) for b in args.budgets.split(","))
     if isinstance(args.seeds, str):
         args.seeds = tuple(int(s) for s in args.seeds.split(","))
-    if args.random < 1 or not args.budgets or not args.seeds:
-        p.error("--random must be >= 1; --budgets and --seeds must not be empty")
+    if isinstance(args.search_seeds, str):
+        args.search_seeds = tuple(int(s) for s in args.search_seeds.split(","))
+    if args.random < 1 or not args.budgets or not args.seeds or not args.search_seeds:
+        p.error("--random must be >= 1; --budgets, --seeds and --search-seeds must not be empty")
     if args.parallel < 1 or (args.threads is not None and args.threads < 1):
         p.error("--parallel and --threads must be >= 1")
     if args.report:  # what is done so far, e.g. while another process runs the jobs

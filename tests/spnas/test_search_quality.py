@@ -81,3 +81,22 @@ def test_report_of_a_folder_without_results_says_so(tmp_path, capsys):
     else:
         raise AssertionError("--report on an empty folder must fail")
     assert "no " + str(tmp_path / "none" / "results.jsonl") in capsys.readouterr().err
+
+
+def test_search_seeds_each_compared_with_random_networks_of_their_own_latency(tmp_path, capsys):
+    bench = load_benchmark()
+    out = tmp_path / "quality"
+    assert bench.main(["--scale", "quick", "--out", str(out), "--search-seeds", "0,1"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    searches = {r["job"]: r for r in records if r["kind"] == "search"}
+    assert set(searches) == {"search 60", "search 60 seed 1"}
+    assert json.loads((out / "search-60-s1" / "config.json").read_text())["seed"] == 1
+    for suffix, job in (("", "search 60"), (" s1", "search 60 seed 1")):
+        found_ms = searches[job]["predicted_ms"]
+        trains = [r for r in records if r.get("role") in ("found" + suffix, "random" + suffix)]
+        assert {r["role"] for r in trains} == {"found" + suffix, "random" + suffix}
+        assert all(abs(r["predicted_ms"] - found_ms) <= 0.15 * found_ms for r in trains)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["budgets"]) == {"60", "60 s1"}
+    assert summary["budgets"]["60 s1"]["search_seed"] == 1
+    assert "| 60 s1 |" in capsys.readouterr().out
