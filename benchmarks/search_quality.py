@@ -171,21 +171,26 @@ def unfinished(run_dir: str) -> Stopped:
 
 
 def search_name(budget: float, search_seed: int) -> str:
-    """A search's job and folder name: search seed 0 keeps the names of a single-seed run."""
+    """A search's job name: search seed 0 keeps the names of a single-seed run."""
     return f"search {budget:g}" + (f" seed {search_seed}" if search_seed else "")
+
+
+def seed_suffix(search_seed: int) -> str:
+    """What marks a search seed's roles and report rows ("found s1", "0.34 s1"); none for 0."""
+    return f" s{search_seed}" if search_seed else ""
 
 
 def roles(search_seed: int) -> tuple[str, str]:
     """The roles of a search's found and random networks."""
-    suffix = f" s{search_seed}" if search_seed else ""
-    return "found" + suffix, "random" + suffix
+    return "found" + seed_suffix(search_seed), "random" + seed_suffix(search_seed)
 
 
 def search_job(args, budget: float, search_seed: int = 0) -> dict:
     if STOPPING:
         raise Stopped("not started")
     name = search_name(budget, search_seed)
-    cfg = SearchConfig(run_dir=os.path.join(args.out, name.replace(" seed ", "-s").replace(" ", "-")),
+    folder = f"search-{budget:g}" + seed_suffix(search_seed).replace(" ", "-")  # search-0.34-s1
+    cfg = SearchConfig(run_dir=os.path.join(args.out, folder),
                        data=args.data,
                        image_size=args.image_size, space=args.space, width_mult=args.width,
                        runtime_model=args.latency_model, epochs=args.search_epochs,
@@ -374,7 +379,7 @@ def report(results: Results, args) -> dict:
         random_sd = statistics.stdev(randoms) if len(randoms) >= 2 else None
         seed_sd = pooled_sd([v for k, v in by_net.items()
                              if k[1] == budget and k[0] in (found_role, random_role)])
-        label = f"{budget:g}" + (f" s{search_seed}" if search_seed else "")
+        label = f"{budget:g}" + seed_suffix(search_seed)
         summary["budgets"][label] = dict(search_seed=search_seed, found_ops=list(ops), found_ms=found_ms,
                                                  found_mean=mean, found=accs,
                                                  random_means=randoms, percentile=percentile,

@@ -82,8 +82,8 @@ def build_supernet(cfg: SearchConfig, num_classes: int) -> SinglePathSuperNet:
 
 @torch.no_grad()
 def margins(net: SinglePathSuperNet) -> torch.Tensor:
-    """(num_layers, 3) margins ||.|| - t of every indicator (`SuperDepthwiseConv2d.margins`)."""
-    return torch.stack([b.superkernel.margins() for b in net.searchable])
+    """(num_layers, 3) margins ||.|| - t of every indicator (`SinglePathSuperNet.margins`)."""
+    return net.margins()
 
 
 @torch.no_grad()

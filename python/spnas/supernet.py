@@ -83,7 +83,11 @@ class SinglePathSuperNet(nn.Module):
         margins. Evaluating a search's EMA weights needs this: the averaged thresholds jump at
         placement and lag every decision, and even the live thresholds against the averaged
         weights' norms flip decisions near their threshold."""
-        self.set_margins(torch.stack([b.superkernel.margins() for b in other.searchable]))
+        self.set_margins(other.margins())
+
+    def margins(self) -> torch.Tensor:
+        """(num_layers, 3) margins ||.|| - t of every indicator (`SuperDepthwiseConv2d.margins`)."""
+        return torch.stack([b.superkernel.margins() for b in self.searchable])
 
     @torch.no_grad()
     def set_margins(self, margins: torch.Tensor) -> None:
