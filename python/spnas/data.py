@@ -31,6 +31,12 @@ class TensorImages(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return self.images[i], self.labels[i]
 
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels at `indices`, as the DataLoader would collate them, in one
+        gather (per-image __getitem__ and collation cost ~6 ms a batch of 256 on the CPU)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
 
 class ArrayImages(TensorImages):
     """uint8 images (N, C, S, S), already at the run's size, as float (3, S, S) in [-1, 1]."""
@@ -38,6 +44,12 @@ class ArrayImages(TensorImages):
     def __getitem__(self, i):
         x = self.images[i].float().div_(127.5).sub_(1.0)
         return x.expand(3, -1, -1) if x.shape[0] == 1 else x, int(self.labels[i])
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = super().batch(indices)
+        x = images.float().div_(127.5).sub_(1.0)
+        x = x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+        return x, labels.long()
 
 
 class FolderImages(torch.utils.data.Dataset):
@@ -213,6 +225,10 @@ def epoch_batches(n: int, batch: int, world: int, rank: int, seed: int, epoch: i
 
 
 def loader(dataset, batches: list[list[int]], workers: int = 0):
+    """(images, labels) per batch of indices. In-memory data sets gather whole batches here
+    (worker processes would only add copies); others decode per image, in `workers` processes."""
+    if hasattr(dataset, "batch"):
+        return (dataset.batch(b) for b in batches)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
 
 
@@ -224,16 +240,22 @@ def augment(x: torch.Tensor, mode: str) -> torch.Tensor:
     """
     if mode == "none":
         return x
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     pad = max(1, h // 8)
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,)).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,)).tolist()
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    if mode == "flip-crop":
-        flip = torch.rand(n) < 0.5
-        out[flip] = out[flip].flip(3)
-    return out
+    # the draws on the CPU (the same on any device), then one gather on x's device: no loop
+    # over images, no host sync
+    dy = torch.randint(0, 2 * pad + 1, (n,))
+    dx = torch.randint(0, 2 * pad + 1, (n,))
+    flip = torch.rand(n) < 0.5 if mode == "flip-crop" else torch.zeros(n, dtype=torch.bool)
+    cols = torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(0), cols) + dx[:, None]     # (n, w)
+    rows = torch.arange(h) + dy[:, None]                                     # (n, h)
+    index = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).reshape(n, 1, h * w)
+    index = index.to(x.device, non_blocking=True).expand(n, c, h * w)
+    out = padded.contiguous().reshape(n, c, -1).gather(2, index).reshape(n, c, h, w)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def default_augment(data: str | None) -> str:

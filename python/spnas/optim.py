@@ -67,14 +67,18 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        averaged, current = [], []
+        averaged, current, copies, copied = [], [], [], []
         for k, v in model.state_dict().items():
             if k in self._params and v.is_floating_point():
                 averaged.append(self.shadow[k])
                 current.append(v.detach())
             else:
-                self.shadow[k].copy_(v)
+                copies.append(self.shadow[k])
+                copied.append(v)
         torch._foreach_lerp_(averaged, current, 1 - d)  # shadow = d*shadow + (1-d)*current
+        # the buffers (BN statistics) in a few launches, not one per tensor: a small network
+        # on a GPU is bound by launches (docs/gpu.md)
+        torch._foreach_copy_(copies, copied)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}

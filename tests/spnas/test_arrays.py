@@ -99,3 +99,21 @@ def test_train_reports_test_accuracy_once(tmp_path, capsys):
     assert "test accuracy of those weights" in capsys.readouterr().out
     records = (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()
     assert sum('"kind": "test"' in r for r in records) == 1
+
+
+@pytest.mark.parametrize("kind", ["array", "tensor"])
+def test_loader_gathers_batches_as_the_dataloader_collates_them(kind):
+    import torch
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (50,), generator=g)
+    if kind == "array":  # uint8 grey images, widened to 3 channels in [-1, 1]
+        dataset = data.ArrayImages(torch.randint(0, 256, (50, 1, 6, 6), generator=g,
+                                                 dtype=torch.uint8), labels)
+    else:
+        dataset = data.TensorImages(torch.randn(50, 3, 6, 6, generator=g), labels)
+    batches = [[3, 1, 4, 1, 5], [9, 2, 6], [49, 0]]
+    want = list(torch.utils.data.DataLoader(dataset, batch_sampler=batches))
+    got = list(data.loader(dataset, batches))
+    assert len(got) == len(want) == 3
+    for (x, y), (wx, wy) in zip(got, want):
+        assert x.dtype == wx.dtype and y.dtype == wy.dtype and torch.equal(x, wx) and torch.equal(y, wy)

@@ -1,6 +1,7 @@
 """`spnas bench`: the ratio table runs end to end on a tiny case and says how it was measured."""
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -57,3 +58,14 @@ def test_help_imports_no_torch():
             "sys.exit(1 if {'torch', 'spnas_ops'} & set(sys.modules) else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, "torch or spnas_ops imported by --help"
+
+
+def test_bench_data_prints_its_table():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_data.py"), "--images", "300",
+                           "--batch", "16", "--batches", "3", "--rounds", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 4  # header, DataLoader, whole batches, augment
+    assert rows[1].endswith("| 1.0x |") and "spnas.data.loader" in rows[2]

@@ -90,13 +90,34 @@ def test_defaults_follow_the_data():
     assert TrainConfig(epochs=7).resolve().epochs == 7  # a flag beats the profile
 
 
-def test_augment_keeps_shapes_and_is_seeded():
-    x = torch.randn(4, 3, 8, 8)
+def augment_oracle(x, mode):
+    """Image by image: shift (dy, dx) in [0, 2 * pad] of the reflect-padded image, then a flip
+    with probability 1/2, drawn in that order (dy for all, dx for all, flip for all)."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = torch.nn.functional.pad(x, (pad,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,)).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,)).tolist()
+    flip = (torch.rand(n) < 0.5).tolist() if mode == "flip-crop" else [False] * n
+    out = [padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)]
+    return torch.stack([o.flip(2) if f else o for o, f in zip(out, flip)])
+
+
+@pytest.mark.parametrize("mode", ["crop", "flip-crop"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_augment_matches_the_per_image_oracle(mode, channels_last):
+    x = torch.randn(9, 3, 13, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     assert torch.equal(augment(x, "none"), x)
     torch.manual_seed(1)
-    a = augment(x, "flip-crop")
+    want = augment_oracle(x, mode)
     torch.manual_seed(1)
-    assert a.shape == x.shape and torch.equal(a, augment(x, "flip-crop"))
+    got = augment(x, mode)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.manual_seed(2)
+    assert not torch.equal(augment(x, mode), got)  # other draws, other crops
 
 
 DDP_SCRIPT = """
@@ -124,3 +145,23 @@ def test_ddp_ranks_agree(tmp_path, env, arch_file):
     # the sharded evaluation sums both halves of the held-out split: every rank gets the same figure
     assert r0["best"] == r1["best"] and 0 <= r0["best"]["top1"] <= 1
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_ema_averages_parameters_and_copies_buffers():
+    from spnas.optim import EMA
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = EMA(net, decay=0.5)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    net.train()
+    net(torch.randn(2, 3, 5, 5))  # moves the BN statistics and counts a batch
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    ema.update(net)
+    d = min(0.5, 2 / 11)
+    for k, v in net.state_dict().items():
+        if k.endswith(("weight", "bias")):
+            assert torch.allclose(ema.shadow[k], d * before[k] + (1 - d) * v)
+        else:  # running_mean, running_var, num_batches_tracked
+            assert torch.equal(ema.shadow[k], v) and ema.shadow[k].dtype == v.dtype
+    assert ema.shadow["1.num_batches_tracked"].item() == 1

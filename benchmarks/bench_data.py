@@ -1,0 +1,77 @@
+"""The in-memory data path of search and train: batches of an array data set (Fashion-MNIST's
+shape: uint8, 1 x 28 x 28, widened to 3 channels) gathered whole by `spnas.data.loader`, against
+torch's DataLoader collating the same images one by one; and the batch augmentation's images/s.
+
+    python benchmarks/bench_data.py                 # 48,000 images, batch 256, 5 rounds
+    python benchmarks/bench_data.py --threads 1 --rounds 7
+
+Rounds interleave the two loaders; the table gives the median ms per batch, the spread
+(min-max over rounds) and the ratio of the medians, all from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from spnas import data
+
+
+def per_batch_ms(make_batches, count: int) -> float:
+    start = time.perf_counter()
+    for _ in make_batches():
+        pass
+    return (time.perf_counter() - start) / count * 1e3
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=48_000)
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batches", type=int, default=40, help="batches timed per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    dataset = data.ArrayImages(
+        torch.randint(0, 256, (args.images, 1, args.size, args.size), generator=g, dtype=torch.uint8),
+        torch.randint(0, 10, (args.images,), generator=g))
+    order = torch.randperm(args.images, generator=g).tolist()
+    batches = [order[i * args.batch:(i + 1) * args.batch] for i in range(args.batches)]
+    ways = {
+        "DataLoader, image by image": lambda: torch.utils.data.DataLoader(dataset, batch_sampler=batches),
+        "spnas.data.loader, whole batches": lambda: data.loader(dataset, batches),
+    }
+    x, _ = next(iter(data.loader(dataset, batches[:1])))
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def augmented():
+        for _ in range(args.batches):
+            yield data.augment(x, "flip-crop")
+
+    ways["augment flip-crop (channels_last batch)"] = augmented
+    times = {name: [] for name in ways}
+    for _ in range(args.rounds):
+        for name, make in ways.items():
+            times[name].append(per_batch_ms(make, args.batches))
+    first = statistics.median(times["DataLoader, image by image"])
+    print(f"# {args.images} images of 1x{args.size}x{args.size} uint8, batch {args.batch}, "
+          f"{args.rounds} rounds of {args.batches} batches, {torch.get_num_threads()} threads")
+    print("| way | ms per batch (median) | min-max | images/s | vs DataLoader |")
+    print("|---|---:|---:|---:|---:|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        ratio = f"{first / med:.1f}x" if "loader" in name.lower() else "-"
+        print(f"| {name} | {med:.2f} | {min(ts):.2f}-{max(ts):.2f} | {args.batch / med * 1e3:,.0f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
