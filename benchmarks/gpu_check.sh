@@ -75,10 +75,12 @@ if [ "$device" = cuda ]; then
   want bench_supernet && stage bench_supernet 300 $py benchmarks/bench_supernet.py --device cuda \
     --batch 128 --repeats 3 --search-steps 30 --profile-steps 3 --loader-images 512
   # The search-quality comparison at full size (docs/search_quality.md), resumable over calls:
-  # its results file lives in the carried, git-ignored .gpu-quality/ (copy the returned
-  # quality/results.jsonl there before the next call); the data in the carried .gpu-data/.
+  # it continues from the carried, git-ignored .gpu-quality/ or, without one, from the
+  # committed docs/search_quality/gpu/results.jsonl (commit the returned quality/results.jsonl
+  # there after each call); the data in the carried .gpu-data/.
   if want quality; then
     mkdir -p .gpu-quality "$OUT/quality"
+    [ -f .gpu-quality/results.jsonl ] || cp docs/search_quality/gpu/results.jsonl .gpu-quality/
     stage quality 500 $py benchmarks/search_quality.py --scale gpu --data .gpu-data \
       --out .gpu-quality --parallel 8 --threads 2
     cp .gpu-quality/results.jsonl .gpu-quality/summary.json .gpu-quality/quality.png "$OUT/quality/" 2>/dev/null
