@@ -11,7 +11,8 @@ With `target_ms` (beyond the paper) lambda is no longer a constant but a signed 
 before every latency-phase step by `LambdaController` (PI control on ln(R / target), R the
 predicted latency of the current hard decisions), and `clamp_thresholds` keeps every decision
 that is off within reach of coming back; if the final decisions exceed the budget, the last
-ones within it are the result. See docs/search.md.
+ones within it are the result, or, if none ever was, the final ones less the decisions closest
+to off. See docs/search.md.
 
 Determinism is what makes resuming and multi-process runs agree: every random draw depends only
 on (seed, epoch) or (seed, step), so a resumed run replays exactly the batches and dropout masks
@@ -169,6 +170,27 @@ class LambdaController:
 
 
 # -- the driver --------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def turn_off_closest(net: SinglePathSuperNet, latency, budget_ms: float) -> int:
+    """Turn off, one at a time, the decision closest to off (the smallest margin still >= 0)
+    until `latency(net.derive())` is within `budget_ms` or nothing is left to turn off; returns
+    how many were turned off. The last resort of a --target-ms search that never stood within
+    its budget: the decisions the search itself was nearest to dropping go first."""
+    m = net.margins().cpu()
+    keep_fixed = torch.tensor([not b.superkernel.skippable for b in net.searchable])
+    turned = 0
+    while latency(net.derive()) > budget_ms:
+        free = m >= 0
+        free[:, 2] &= ~keep_fixed  # a layer that cannot be skipped keeps its keep decision
+        if not free.any():
+            break
+        i, k = divmod(int(torch.where(free, m, torch.inf).argmin()), 3)
+        m[i, k] = -1e-3
+        net.set_margins(m.to(net.thresholds()[0].device))
+        turned += 1
+    return turned
+
 
 def check_op_backend(backend: str, device: torch.device) -> None:
     """--op-backend: available in this build and on this device (before the run starts)."""
@@ -337,17 +359,25 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
 
     def keep_within_budget() -> None:
         """At the end of a --target-ms search whose final decisions exceed the budget: the last
-        decisions that met it, set as margins on the final weights (every rank alike)."""
+        decisions that met it, set as margins on the final weights (every rank alike); if no
+        step stood within it, the final decisions less those closest to off."""
         within = state["within"]
-        if controller is None or within is None:
+        if controller is None:
             return
         final_ms = runtime.predict(net.derive())
         if final_ms <= cfg.target_ms:
             return
-        net.set_margins(within["margins"].to(ranks.device))
-        ranks.say(out, f"the final decisions ({final_ms:.4g} ms) exceed --target-ms {cfg.target_ms:g}; "
-                       f"the result is the last ones within it (step {within['step']}, "
-                       f"{within['ms']:.4g} ms)")
+        if within is not None:
+            net.set_margins(within["margins"].to(ranks.device))
+            ranks.say(out, f"the final decisions ({final_ms:.4g} ms) exceed --target-ms {cfg.target_ms:g}; "
+                           f"the result is the last ones within it (step {within['step']}, "
+                           f"{within['ms']:.4g} ms)")
+            return
+        turned = turn_off_closest(net, runtime.predict, cfg.target_ms)
+        ranks.say(out, f"no step of the search stood within --target-ms {cfg.target_ms:g} (final "
+                       f"{final_ms:.4g} ms); the result turns off the {turned} decision(s) closest to "
+                       f"off: {runtime.predict(net.derive()):.4g} ms. More epochs or a larger "
+                       f"--lambda-max give the controller more reach")
 
     def save(steps_done: int) -> None:
         folder.save({
@@ -398,4 +428,4 @@ def format_result(arch, model_name: str, predicted: float, path: str | None = No
 
 
 __all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scale", "format_result",
-           "LambdaController", "clamp_thresholds", "margins"]
+           "LambdaController", "clamp_thresholds", "margins", "turn_off_closest"]

@@ -16,6 +16,7 @@ from spnas.search import (
     clamp_thresholds,
     margins,
     run_search,
+    turn_off_closest,
 )
 
 
@@ -84,6 +85,31 @@ def test_clamp_keeps_decisions_within_reach_and_changes_none():
     assert after_m.min() >= -1.0 - 1e-4
     moved = torch.stack([t.detach() for t in net.thresholds()]) != before_t
     assert torch.equal(moved, before_m < -1.0)  # only the out-of-reach thresholds move
+
+
+def test_turn_off_closest_drops_the_smallest_margins_until_within_budget():
+    torch.manual_seed(0)
+    net = build_supernet(SearchConfig(width_mult=0.25, op_backend="reference"), 10)
+    model = RuntimeModel.preset("pixel1")
+    n = len(net.searchable)
+    m = torch.arange(1, 3 * n + 1, dtype=torch.float32).reshape(n, 3).flip(0) / 4  # all on
+    net.set_margins(m)
+    full = model.predict(net.derive())
+    assert net.derive().ops == ["k5_e6"] * n
+    order = sorted(((float(m[i, k]), i, k) for i in range(n) for k in range(3)
+                    if k < 2 or net.searchable[i].superkernel.skippable))
+    budget = full - 1e-6  # one decision that saves latency is enough
+    turned = turn_off_closest(net, model.predict, budget)
+    after = margins(net)
+    assert model.predict(net.derive()) <= budget
+    for j, (_, i, k) in enumerate(order):  # exactly the `turned` smallest margins went off
+        assert (after[i, k] < 0) == (j < turned), (j, i, k)
+    assert turned >= 1
+    # a budget below every architecture: all that may go off goes off, and it stops
+    turned = turn_off_closest(net, model.predict, 0.0)
+    d = net.hard_decisions()
+    skippable = torch.tensor([b.superkernel.skippable for b in net.searchable])
+    assert torch.equal(d[:, 2].bool(), ~skippable) and not d[:, :2][skippable].any()
 
 
 def test_short_search_lands_on_its_target(tmp_path):
@@ -168,3 +194,19 @@ def test_final_decisions_over_budget_give_way_to_the_last_within_it(tmp_path):
     assert result["predicted_ms"] == pytest.approx(next(r["latency_ms"] for r in train if r["step"] == last))
     assert main(["derive", str(run), "--out", str(tmp_path / "derived.json")]) == 0
     assert json.loads((tmp_path / "derived.json").read_text())["ops"] == result["arch"].ops
+
+
+def test_a_search_that_never_met_its_budget_turns_off_the_closest_decisions(tmp_path):
+    # a budget under every architecture of the space: no step starts within it, so the result
+    # is the final decisions less those closest to off (here: all of them), and derive agrees
+    run = tmp_path / "run"
+    cfg = SearchConfig(run_dir=str(run), image_size=8, width_mult=0.5, batch_size=32, epochs=2,
+                       dropout_epochs=1, steps_per_epoch=8, lr=0.004, progress=False, target_ms=1.0)
+    out = io.StringIO()
+    result = run_search(cfg, out=out)
+    assert "no step of the search stood within --target-ms 1" in out.getvalue()
+    net = build_supernet(cfg, 10)
+    smallest = ["skip" if b.superkernel.skippable else "k3_e3" for b in net.searchable]
+    assert result["arch"].ops == smallest
+    assert main(["derive", str(run), "--out", str(tmp_path / "derived.json")]) == 0
+    assert json.loads((tmp_path / "derived.json").read_text())["ops"] == smallest
