@@ -14,7 +14,9 @@
      * "conv2d": plain F.conv2d depthwise with a fixed 5x5 weight (what a fixed network pays);
      * the memory floor: bytes that must move / device copy bandwidth, measured in this run
        by a large tensor copy.
-Prints a markdown table (ours / reference, ours / floor) and writes every figure as JSON to
+3. The per-call cost: forward and forward+backward of one 7x7 image at each stage's C (fp32,
+   NCHW), where bytes are negligible: launches plus the (C, 25) superkernel math.
+Prints markdown tables (ours / reference, ours / floor; per call) and writes every figure as JSON to
 --out (default $OUT/gpu_report.json when OUT is set).
 
 `--device cpu --quick` is a dry run of the same code path with the "cpu" backend (if built)
@@ -39,6 +41,9 @@ import spnas_ops
 STAGES = [(128, 96, 112, 2), (128, 144, 56, 1), (128, 240, 28, 1), (128, 480, 14, 1),
           (128, 1152, 7, 1)]
 QUICK_STAGES = [(8, 96, 28, 2), (8, 240, 14, 1)]
+# One image of 7 x 7 per stage's C: the bytes are negligible, so the time is what a call costs
+# whatever its size (launches and the (C, 25) superkernel math), as a function of C.
+PER_CALL = [(1, c, 7, 1) for (_, c, _, _) in STAGES]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -293,6 +298,15 @@ def print_report(report, backends):
     for b, (speedup, floor) in worst.items():
         print(f"{b}: fwd+bwd worst case {speedup:.2f}x the eager reference (target >= 2), "
               f"{floor:.0%} of the memory floor's speed (target >= 60%)")
+    if report.get("per_call"):
+        print("\nper-call cost (one 7x7 image, fp32 NCHW: bytes negligible), ms fwd / fwd+bwd\n")
+        names = [*backends, "conv2d", "reference"]
+        print("| C | " + " | ".join(names) + " |")
+        print("|" + "---|" * (1 + len(names)))
+        for t in report["per_call"]:
+            sec = t["seconds"]
+            print(f"| {t['shape'][1]} | " + " | ".join(
+                f"{sec[n]['fwd'] * 1e3:.3f} / {sec[n]['fwd_bwd'] * 1e3:.3f}" for n in names) + " |")
 
 
 def main(argv=None):
@@ -340,6 +354,12 @@ def main(argv=None):
                                               layout=layout, seconds=times, floor_seconds=floor))
                 save(report, out_path)
         print(f"  timed {shape}", file=sys.stderr, flush=True)
+    report["per_call"] = []
+    for shape in (PER_CALL[:2] if args.quick else PER_CALL):
+        times = time_shape(shape, torch.float32, "nchw", device, ["reference", *backends],
+                           timer, warmup, reps, rotate)
+        report["per_call"].append(dict(shape=list(shape), seconds=times))
+        save(report, out_path)
     if compiled is not None:
         report["compile_seconds"] = compiled.compile_seconds
     save(report, out_path)
