@@ -196,8 +196,7 @@ def search_job(args, budget: float, search_seed: int = 0) -> dict:
                        runtime_model=args.latency_model, epochs=args.search_epochs,
                        steps_per_epoch=args.search_steps, batch_size=args.batch,
                        dropout_epochs=args.search_dropout, target_ms=budget, ema_decay=args.ema,
-                       device=args.device, progress=False, seed=search_seed,
-                       hold_margins=args.hold_margins)
+                       device=args.device, progress=False, seed=search_seed)
     resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
     started = time.time()
     out = run_search(cfg, resume=resume, out=io.StringIO())  # its report is in its run folder
@@ -467,8 +466,6 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float,
                    help="random architectures within this fraction of the found latency "
                         "(default: the preset's, 0.03 but for quick)")
-    p.add_argument("--hold-margins", action="store_true",
-                   help="search with `spnas search --hold-margins` (a new --out: the searches differ)")
     p.add_argument("--device", default="auto")
     p.add_argument("--parallel", type=int, default=1,
                    help="jobs at once, each in its own process (default 1: in this process)")
