@@ -70,8 +70,6 @@ class SearchConfig:
                                         # controller's target falls from the starting latency
     threshold_reach: float | None = 1.0  # with target_ms: after each step, margins >= -reach
                                         # (None: thresholds unclamped)
-    hold_margins: bool = False          # a kernel decision that flips leaves the expansion and
-                                        # keep decisions' margins as they were (no cascade)
     steps_per_epoch: int | None = None  # cap (None: the whole training split)
     seed: int = 0
     device: str = "auto"

@@ -192,23 +192,6 @@ def turn_off_closest(net: SinglePathSuperNet, latency, budget_ms: float) -> int:
     return turned
 
 
-@torch.no_grad()
-def hold_margins_on_kernel_flips(net: SinglePathSuperNet, before: torch.Tensor) -> torch.Tensor:
-    """Where a kernel decision flipped since `before` (the margins before the step), give the
-    expansion and keep decisions their margins of `before` back; returns the flipped layers.
-
-    Those two compare norms that hold the 5x5 ring only while the kernel decision is on, so a
-    5x5 -> 3x3 flip drops their norms by the ring's (~4 on Fashion-MNIST, margins placed at 1):
-    e6 and often the layer went off in the same step, and a whole stage went k5_e6 -> k3_e3 at
-    once, before the latency term had a say (docs/search_quality.md)."""
-    after = net.margins()
-    flipped = (after[:, 0] >= 0) != (before[:, 0] >= 0)
-    if bool(flipped.any()):
-        after[flipped, 1:] = before[flipped, 1:]
-        net.set_margins(after)
-    return flipped
-
-
 def check_op_backend(backend: str, device: torch.device) -> None:
     """--op-backend: available in this build and on this device (before the run starts)."""
     if backend in ("auto", "reference"):
@@ -342,12 +325,9 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         loss = ce + wd + lam_now * cfg.lambda_scale * torch.log(expected_ms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        held = margins(net) if searching and cfg.hold_margins else None
         opt.step()
         if searching and controller is not None and cfg.threshold_reach is not None:
             clamp_thresholds(net, cfg.threshold_reach)
-        if held is not None:
-            hold_margins_on_kernel_flips(net, held)
         ema.update(net)
         # the derived architecture's latency reads the thresholds back from the device: only
         # when a log line or the progress bar shows it, once per step
@@ -448,4 +428,4 @@ def format_result(arch, model_name: str, predicted: float, path: str | None = No
 
 
 __all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scale", "format_result",
-           "LambdaController", "clamp_thresholds", "margins", "turn_off_closest", "hold_margins_on_kernel_flips"]
+           "LambdaController", "clamp_thresholds", "margins", "turn_off_closest"]

@@ -14,7 +14,6 @@ from spnas.search import (
     SearchConfig,
     build_supernet,
     clamp_thresholds,
-    hold_margins_on_kernel_flips,
     margins,
     run_search,
     turn_off_closest,
@@ -111,26 +110,6 @@ def test_turn_off_closest_drops_the_smallest_margins_until_within_budget():
     d = net.hard_decisions()
     skippable = torch.tensor([b.superkernel.skippable for b in net.searchable])
     assert torch.equal(d[:, 2].bool(), ~skippable) and not d[:, :2][skippable].any()
-
-
-def test_a_kernel_flip_keeps_the_expansion_and_keep_margins_when_held():
-    torch.manual_seed(0)
-    net = build_supernet(SearchConfig(width_mult=0.25, op_backend="reference"), 10)
-    net.set_margins(torch.ones(len(net.searchable), 3))
-    before = margins(net)
-    with torch.no_grad():
-        net.thresholds()[1][0] += 1.5  # layer 1's 5x5 ring goes off: margin -0.5
-    cascaded = margins(net)
-    assert cascaded[1, 0] == pytest.approx(-0.5, abs=1e-4)
-    assert (cascaded[1, 1:] < -0.5).all()  # without the ring in their norms, e6 goes off too
-    flipped = hold_margins_on_kernel_flips(net, before)
-    held = margins(net)
-    assert flipped.tolist() == [i == 1 for i in range(len(net.searchable))]
-    assert held[1, 0] == pytest.approx(-0.5, abs=1e-4)
-    assert torch.allclose(held[1, 1:], before[1, 1:], atol=1e-4)
-    assert torch.allclose(torch.cat([held[:1], held[2:]]), torch.cat([before[:1], before[2:]]), atol=1e-4)
-    assert net.derive().ops[1] == "k3_e6"
-    assert not hold_margins_on_kernel_flips(net, held).any()  # nothing flipped: nothing moves
 
 
 def test_short_search_lands_on_its_target(tmp_path):

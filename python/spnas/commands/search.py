@@ -81,10 +81,6 @@ FLAGS = (
     ("--threshold-reach", "threshold_reach", _margin,
      "with --target-ms: after every step keep each threshold at most this far above the norm "
      "it compares, so a decision that went off can come back (off: no clamp)"),
-    ("--hold-margins", "hold_margins", bool,
-     "when a kernel decision flips, keep the expansion and keep decisions' margins: the norms "
-     "they compare hold the 5x5 ring only while the kernel decision is on, so without this a "
-     "5x5 -> 3x3 flip drops them by the ring's norm and e6 goes off with it (docs/search_quality.md)"),
     ("--steps-per-epoch", "steps_per_epoch", int, "cap on steps per epoch (default: whole split)"),
     ("--seed", "seed", int, "seed of every random draw (init, batches, dropout masks)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (torchrun: each rank its LOCAL_RANK GPU)"),
@@ -108,8 +104,7 @@ GROUPS = (
     ("data", ("data", "image_size", "val_fraction", "workers", "augment")),
     ("network", ("space", "width_mult", "op_backend", "dropout", "init_from")),
     ("latency term", ("runtime_model", "formula", "lam", "lambda_scale", "target_ms", "lambda_gain",
-                      "lambda_adapt_rate", "lambda_max", "target_ramp", "threshold_reach", "hold_margins",
-                      "threshold_margin",
+                      "lambda_adapt_rate", "lambda_max", "target_ramp", "threshold_reach", "threshold_margin",
                       "threshold_lr_mult", "dropout_epochs", "indicator_keep")),
     ("schedule and optimizer", ("epochs", "batch_size", "lr", "lr_per_256", "lr_decay",
                                 "lr_decay_epochs", "warmup_epochs", "rmsprop_decay", "momentum",
