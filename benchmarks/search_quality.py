@@ -49,21 +49,25 @@ VM_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mna
 SCALES = {
     "quick": dict(space="mnasnet", latency_model="pixel1", data="digits", image_size=16,
                   budgets=(60.0,), random=2, seeds=(0,), search_seeds=(0,),
-                  search_epochs=4, search_steps=8, search_dropout=1.0, train_epochs=1,
-                  train_steps=4, batch=32, width=0.25, tolerance=0.15, ema=0.9,
+                  search_epochs=4, search_steps=8, search_batch=32, search_dropout=1.0,
+                  train_epochs=1, train_steps=4, batch=32, width=0.25, tolerance=0.15, ema=0.9,
                   train_lr_decay=0.97),
     # mnasnet-small at Fashion-MNIST's own 28 px, timed on this VM's CPU by `spnas profile`
     # (benchmarks/data/): predicted latencies of random networks span 0.17-0.50 ms, median 0.34.
+    # The search sees every training image each epoch: with 100 steps of 128 an epoch it
+    # thinned the 14 px stage first at every budget and lost at 0.38 ms; with whole epochs of
+    # 256 it kept that stage at e6 (docs/search_quality.md).
     "cpu": dict(space="mnasnet-small", latency_model=VM_MODEL, data="fashion-mnist", image_size=28,
                 budgets=(0.30, 0.34, 0.38), random=8, seeds=(0, 1), search_seeds=(0,), search_epochs=8,
-                search_steps=100, search_dropout=None, train_epochs=8, train_steps=100, batch=128,
+                search_steps=None, search_batch=256, search_dropout=None, train_epochs=8,
+                train_steps=100, batch=128,
                 width=1.0, tolerance=0.03, ema=0.99, train_lr_decay=0.6),
     # the same comparison at full size: every training image, 15 epochs, 16 random networks
     # and 3 seeds per budget (docs/search_quality.md: jobs in parallel on one GPU)
     "gpu": dict(space="mnasnet-small", latency_model=VM_MODEL, data="fashion-mnist", image_size=28,
                 budgets=(0.30, 0.34, 0.38), random=16, seeds=(0, 1, 2), search_seeds=(0,), search_epochs=8,
-                search_steps=None, search_dropout=None, train_epochs=15, train_steps=None,
-                batch=256, width=1.0, tolerance=0.03, ema=0.999, train_lr_decay=0.75),
+                search_steps=None, search_batch=256, search_dropout=None, train_epochs=15,
+                train_steps=None, batch=256, width=1.0, tolerance=0.03, ema=0.999, train_lr_decay=0.75),
 }
 
 
@@ -194,7 +198,7 @@ def search_job(args, budget: float, search_seed: int = 0) -> dict:
                        data=args.data,
                        image_size=args.image_size, space=args.space, width_mult=args.width,
                        runtime_model=args.latency_model, epochs=args.search_epochs,
-                       steps_per_epoch=args.search_steps, batch_size=args.batch,
+                       steps_per_epoch=args.search_steps, batch_size=args.search_batch,
                        dropout_epochs=args.search_dropout, target_ms=budget, ema_decay=args.ema,
                        device=args.device, progress=False, seed=search_seed)
     resume = os.path.exists(os.path.join(cfg.run_dir, "config.json"))
