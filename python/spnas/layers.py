@@ -20,6 +20,15 @@ from .space import SUPER_EXPAND, SUPER_KERNEL, Architecture, OP_SHAPE, scale_wid
 BN_EPS = 1e-3
 
 
+def decisions_from_margins(margins: torch.Tensor, skippable: torch.Tensor) -> torch.Tensor:
+    """(L, 3) 0/1 decisions on the CPU from (L, 3) indicator margins (`margins()`): on iff the
+    margin is >= 0, as the op's indicator; a layer that is not `skippable` (L,) always keeps.
+    One read-back for the whole supernet: on a GPU each layer's own was a host sync."""
+    d = (margins >= 0).cpu()
+    d[:, 2] |= ~skippable.cpu()
+    return d.long()
+
+
 class SuperDepthwiseConv2d(nn.Module):
     """A 5x5 depthwise superkernel with thresholds (t_kernel, t_expand, t_keep), initialised to 0.
 
@@ -51,10 +60,8 @@ class SuperDepthwiseConv2d(nn.Module):
     @torch.no_grad()
     def hard_decisions(self) -> tuple[int, int, int]:
         """The current decisions without dropout, computed from the weights alone (no input)."""
-        from spnas_ops.reference import masked_weight
-        _, d = masked_weight(self.weight.float(), self.thresholds.float(), torch.ones(3),
-                             self.skippable)
-        return tuple(int(v != 0) for v in d.tolist())
+        d = decisions_from_margins(self.margins()[None], torch.tensor([self.skippable]))
+        return tuple(d[0].tolist())
 
     @torch.no_grad()
     def margins(self, thresholds: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import ConvBnReLU, Head, SuperMBConv, build_child, make_block
+from .layers import ConvBnReLU, Head, SuperMBConv, build_child, decisions_from_margins, make_block
 from .space import Architecture, SearchSpace, get_space, op_from_decisions, scale_width
 
 
@@ -99,7 +99,8 @@ class SinglePathSuperNet(nn.Module):
     @torch.no_grad()
     def hard_decisions(self) -> torch.Tensor:
         """(num_layers, 3) 0/1 decisions from the current weights and thresholds (no dropout)."""
-        return torch.tensor([b.superkernel.hard_decisions() for b in self.searchable])
+        skippable = torch.tensor([b.superkernel.skippable for b in self.searchable])
+        return decisions_from_margins(self.margins(), skippable)
 
     def derive(self) -> Architecture:
         """The architecture the thresholds currently select (the paper's final step)."""

@@ -211,3 +211,23 @@ def test_channels_last_step_has_no_layout_conversions(network):
     with _NchwActivations() as seen:
         net(torch.randn(4, 3, 32, 32))
     assert seen.found
+
+
+def test_supernet_decisions_are_the_ops_own_on_random_thresholds():
+    # the oracle: the reference op's decisions, layer by layer (masked_weight, no dropout)
+    from spnas_ops.reference import masked_weight
+    from spnas.search import SearchConfig, build_supernet
+    torch.manual_seed(3)
+    net = build_supernet(SearchConfig(width_mult=0.25, op_backend="reference"), 10)
+    for trial in range(20):
+        with torch.no_grad():
+            for b in net.searchable:  # thresholds around the norms: every pattern turns up
+                norms = b.superkernel.margins(torch.zeros(3))
+                b.superkernel.thresholds.copy_(norms + 2.0 * torch.randn(3))
+        want = torch.stack([masked_weight(b.superkernel.weight, b.superkernel.thresholds,
+                                          torch.ones(3), b.superkernel.skippable)[1] != 0
+                            for b in net.searchable]).long()
+        got = net.hard_decisions()
+        assert torch.equal(got, want), trial
+        assert [b.superkernel.hard_decisions() for b in net.searchable] == [tuple(r) for r in want.tolist()]
+    assert not all(b.superkernel.skippable for b in net.searchable)  # both kinds were covered
