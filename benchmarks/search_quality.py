@@ -54,12 +54,11 @@ SCALES = {
                   train_lr_decay=0.97),
     # mnasnet-small at Fashion-MNIST's own 28 px, timed on this VM's CPU by `spnas profile`
     # (benchmarks/data/): predicted latencies of random networks span 0.17-0.50 ms, median 0.34.
-    # The search sees every training image each epoch: with 100 steps of 128 an epoch it
-    # thinned the 14 px stage first at every budget and lost at 0.38 ms; with whole epochs of
-    # 256 it kept that stage at e6 (docs/search_quality.md).
+    # The search sees 800 batches of 128: whole epochs of 256 (4x the images, 36 minutes a
+    # search) did no better at 0.38 ms (docs/search_quality.md).
     "cpu": dict(space="mnasnet-small", latency_model=VM_MODEL, data="fashion-mnist", image_size=28,
                 budgets=(0.30, 0.34, 0.38), random=8, seeds=(0, 1), search_seeds=(0,), search_epochs=8,
-                search_steps=None, search_batch=256, search_dropout=None, train_epochs=8,
+                search_steps=100, search_batch=128, search_dropout=None, train_epochs=8,
                 train_steps=100, batch=128,
                 width=1.0, tolerance=0.03, ema=0.99, train_lr_decay=0.6),
     # the same comparison at full size: every training image, 15 epochs, 16 random networks
