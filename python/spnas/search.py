@@ -82,12 +82,6 @@ def build_supernet(cfg: SearchConfig, num_classes: int) -> SinglePathSuperNet:
 
 
 @torch.no_grad()
-def margins(net: SinglePathSuperNet) -> torch.Tensor:
-    """(num_layers, 3) margins ||.|| - t of every indicator (`SinglePathSuperNet.margins`)."""
-    return net.margins()
-
-
-@torch.no_grad()
 def clamp_thresholds(net: SinglePathSuperNet, reach: float) -> None:
     """Keep every decision within reach of coming back: margin >= -reach, i.e. t <= compared
     norm + reach. Only thresholds of decisions that are off, and more than `reach` below, move
@@ -98,7 +92,7 @@ def clamp_thresholds(net: SinglePathSuperNet, reach: float) -> None:
     the norms the expand and keep indicators compare by the outer ring's share (64 % of the
     taps), to margins of -5 to -13 (sigmoid' < 1e-2..1e-5): a layer that went off could not come
     back when the search is under budget. With the clamp it can, at sigmoid'(reach)."""
-    for b, m in zip(net.searchable, margins(net)):
+    for b, m in zip(net.searchable, net.margins()):
         t = b.superkernel.thresholds
         t.sub_(torch.clamp(-reach - m, min=0).to(t.device, t.dtype))
 
@@ -178,11 +172,11 @@ def turn_off_closest(net: SinglePathSuperNet, latency, budget_ms: float) -> int:
     how many were turned off. The last resort of a --target-ms search that never stood within
     its budget: the decisions the search itself was nearest to dropping go first."""
     m = net.margins().cpu()
-    keep_fixed = torch.tensor([not b.superkernel.skippable for b in net.searchable])
+    skippable = net.skippable()
     turned = 0
-    while latency(net.derive()) > budget_ms:
+    while latency(net.derive(m)) > budget_ms:
         free = m >= 0
-        free[:, 2] &= ~keep_fixed  # a layer that cannot be skipped keeps its keep decision
+        free[:, 2] &= skippable  # a layer that cannot be skipped keeps its keep decision
         if not free.any():
             break
         i, k = divmod(int(torch.where(free, m, torch.inf).argmin()), 3)
@@ -315,10 +309,12 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         expected_ms = net.runtime(runtime, cfg.formula)
         if searching and controller is not None:
             # lambda from the architecture the step starts with (identical on every rank)
-            start_ms = runtime.predict(net.derive())
+            # (one read-back of the margins: the decisions, and the snapshot if within budget)
+            start_margins = net.margins().cpu()
+            start_ms = runtime.predict(net.derive(start_margins))
             state["lam"] = controller.update(start_ms, steps_done - phase_start)
             if start_ms <= cfg.target_ms:
-                state["within"] = {"step": steps_done, "ms": start_ms, "margins": margins(net).cpu()}
+                state["within"] = {"step": steps_done, "ms": start_ms, "margins": start_margins}
         lam_now = state["lam"] if searching else 0.0
         target_now = ({"target_ms": controller.target(steps_done - phase_start)}
                       if searching and controller is not None else {})
@@ -428,4 +424,4 @@ def format_result(arch, model_name: str, predicted: float, path: str | None = No
 
 
 __all__ = ["SearchConfig", "run_search", "load_checkpoint", "indicator_scale", "format_result",
-           "LambdaController", "clamp_thresholds", "margins", "turn_off_closest"]
+           "LambdaController", "clamp_thresholds", "turn_off_closest"]

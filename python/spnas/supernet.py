@@ -96,15 +96,20 @@ class SinglePathSuperNet(nn.Module):
         for block, m in zip(self.searchable, margins):
             block.superkernel.set_margins(m)
 
-    @torch.no_grad()
-    def hard_decisions(self) -> torch.Tensor:
-        """(num_layers, 3) 0/1 decisions from the current weights and thresholds (no dropout)."""
-        skippable = torch.tensor([b.superkernel.skippable for b in self.searchable])
-        return decisions_from_margins(self.margins(), skippable)
+    def skippable(self) -> torch.Tensor:
+        """(num_layers,) bool: which searchable layers may be skipped (the others always keep)."""
+        return torch.tensor([b.superkernel.skippable for b in self.searchable])
 
-    def derive(self) -> Architecture:
-        """The architecture the thresholds currently select (the paper's final step)."""
-        ops = [op_from_decisions(*d) for d in self.hard_decisions().tolist()]
+    @torch.no_grad()
+    def hard_decisions(self, margins: torch.Tensor | None = None) -> torch.Tensor:
+        """(num_layers, 3) 0/1 decisions from the current weights and thresholds (no dropout),
+        or from `margins` (`margins()`) already read back."""
+        return decisions_from_margins(self.margins() if margins is None else margins, self.skippable())
+
+    def derive(self, margins: torch.Tensor | None = None) -> Architecture:
+        """The architecture the thresholds currently select (the paper's final step), or the
+        one `margins` select."""
+        ops = [op_from_decisions(*d) for d in self.hard_decisions(margins).tolist()]
         return Architecture(ops, self.space)
 
     @torch.no_grad()

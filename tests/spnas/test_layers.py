@@ -229,5 +229,6 @@ def test_supernet_decisions_are_the_ops_own_on_random_thresholds():
                             for b in net.searchable]).long()
         got = net.hard_decisions()
         assert torch.equal(got, want), trial
+        assert torch.equal(net.hard_decisions(net.margins().cpu()), want)  # margins read back once
         assert [b.superkernel.hard_decisions() for b in net.searchable] == [tuple(r) for r in want.tolist()]
     assert not all(b.superkernel.skippable for b in net.searchable)  # both kinds were covered

@@ -14,7 +14,6 @@ from spnas.search import (
     SearchConfig,
     build_supernet,
     clamp_thresholds,
-    margins,
     run_search,
     turn_off_closest,
 )
@@ -77,10 +76,10 @@ def test_clamp_keeps_decisions_within_reach_and_changes_none():
         for i, t in enumerate(net.thresholds()):
             t[i % 3] += 12.0 if i % 2 else 1.5  # decisions off, far or near
     before_t = torch.stack([t.detach().clone() for t in net.thresholds()])
-    before_m, before_d = margins(net), net.hard_decisions()
+    before_m, before_d = net.margins(), net.hard_decisions()
     assert before_m.min() < -8
     clamp_thresholds(net, 1.0)
-    after_m = margins(net)
+    after_m = net.margins()
     assert torch.equal(net.hard_decisions(), before_d)
     assert after_m.min() >= -1.0 - 1e-4
     moved = torch.stack([t.detach() for t in net.thresholds()]) != before_t
@@ -100,7 +99,7 @@ def test_turn_off_closest_drops_the_smallest_margins_until_within_budget():
                     if k < 2 or net.searchable[i].superkernel.skippable))
     budget = full - 1e-6  # one decision that saves latency is enough
     turned = turn_off_closest(net, model.predict, budget)
-    after = margins(net)
+    after = net.margins()
     assert model.predict(net.derive()) <= budget
     for j, (_, i, k) in enumerate(order):  # exactly the `turned` smallest margins went off
         assert (after[i, k] < 0) == (j < turned), (j, i, k)
