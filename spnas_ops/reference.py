@@ -32,18 +32,26 @@ def indicator(z: torch.Tensor) -> torch.Tensor:
 
 
 def _decide(weight: torch.Tensor, thresholds: torch.Tensor, scale: torch.Tensor,
-            skippable: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            skippable: bool, norm_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w1 = w*M3 + d_kernel * w*M5 (C, 5, 5), the margins z = ||.|| - t (3,) that the three
-    indicators compare, and the decisions d = (kernel, expand, keep) (3,)."""
+    indicators compare, and the decisions d = (kernel, expand, keep) (3,). With `norm_grad`
+    False the norms are constants of the margins: each indicator's gradient reaches its own
+    threshold only (not the weights, nor t_kernel through the e6/e3 norms' share of the ring);
+    the weights keep their gradient through w_eff."""
     c = weight.shape[0]
     m3 = inner_mask(weight.device, weight.dtype)
     w = weight.reshape(c, KERNEL, KERNEL)
     outer = w * (1 - m3)
-    z_kernel = torch.linalg.vector_norm(outer) - thresholds[0]
+
+    def norm(v: torch.Tensor) -> torch.Tensor:
+        n = torch.linalg.vector_norm(v)
+        return n if norm_grad else n.detach()
+
+    z_kernel = norm(outer) - thresholds[0]
     d_kernel = indicator(z_kernel) * scale[0]
     w1 = w * m3 + d_kernel * outer
-    z_expand = torch.linalg.vector_norm(w1[c // 2:]) - thresholds[1]
-    z_keep = torch.linalg.vector_norm(w1[: c // 2]) - thresholds[2]
+    z_expand = norm(w1[c // 2:]) - thresholds[1]
+    z_keep = norm(w1[: c // 2]) - thresholds[2]
     d_expand = indicator(z_expand) * scale[1]
     if skippable:
         d_keep = indicator(z_keep) * scale[2]
@@ -53,13 +61,14 @@ def _decide(weight: torch.Tensor, thresholds: torch.Tensor, scale: torch.Tensor,
 
 
 def masked_weight(weight: torch.Tensor, thresholds: torch.Tensor, scale: torch.Tensor,
-                  skippable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  skippable: bool = True, norm_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The effective depthwise weight w_eff (C, 1, 5, 5) and the decisions d = (kernel, expand, keep).
 
     `scale` (the indicator-dropout multipliers r) is a constant: it receives no gradient.
+    `norm_grad`: see `_decide` (the op is the paper's, True).
     """
     c = weight.shape[0]
-    w1, _, d = _decide(weight, thresholds, scale.detach(), skippable)
+    w1, _, d = _decide(weight, thresholds, scale.detach(), skippable, norm_grad)
     d_expand, d_keep = d[1], d[2]
     lo, hi = w1[: c // 2], w1[c // 2:]
     w_eff = torch.cat([d_keep * lo, (d_keep * d_expand) * hi], dim=0)
@@ -77,9 +86,9 @@ def indicator_margins(weight: torch.Tensor, thresholds: torch.Tensor) -> torch.T
 
 
 def masked_dwconv(x: torch.Tensor, weight: torch.Tensor, thresholds: torch.Tensor,
-                  scale: torch.Tensor, stride: int = 1,
-                  skippable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  scale: torch.Tensor, stride: int = 1, skippable: bool = True,
+                  norm_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """y = depthwise_conv2d(x, w_eff, stride, padding=2) and the decisions d."""
-    w_eff, d = masked_weight(weight, thresholds, scale, skippable)
+    w_eff, d = masked_weight(weight, thresholds, scale, skippable, norm_grad)
     y = F.conv2d(x, w_eff.to(x.dtype), stride=stride, padding=PADDING, groups=x.shape[1])
     return y, d

@@ -14,6 +14,8 @@ FORMULAS = ("lut", "paper")                        # expected-latency formulas (
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PRECISIONS = ("fp32", "bf16")
 AUGMENTS = ("none", "crop", "flip-crop")           # batch augmentation (data.augment)
+# where the indicators' gradient dL/dz (z = ||w|| - t) goes (layers.SuperDepthwiseConv2d)
+INDICATOR_GRADS = ("thresholds", "thresholds+weights")
 OP_BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")  # spnas_ops.BACKENDS (no torch here)
 def need(ok: bool, flag: str, what: str) -> None:
     """A config check: a one-line error naming the flag unless ok."""
@@ -51,6 +53,7 @@ class SearchConfig:
     threshold_lr_mult: float = 1.0      # thresholds' learning rate relative to the weights'
     threshold_margin: float | None = 1.0  # when the latency term starts, t = ||w|| - margin
                                         # (None: leave them; the paper initialises them to 0)
+    indicator_grad: str = "thresholds"  # INDICATOR_GRADS (the paper's: thresholds+weights)
     lr_decay: float = 0.97
     lr_decay_epochs: float = 2.4
     warmup_epochs: float = 0.0
@@ -100,6 +103,8 @@ class SearchConfig:
         need(self.formula in FORMULAS, "formula", f"must be one of {', '.join(FORMULAS)}")
         need(self.lr_decay_epochs > 0, "lr-decay-epochs", "must be > 0")
         need(self.threshold_lr_mult >= 0, "threshold-lr-mult", "must be >= 0")
+        need(self.indicator_grad in INDICATOR_GRADS, "indicator-grad",
+             f"must be one of {', '.join(INDICATOR_GRADS)}, got {self.indicator_grad!r}")
         need(self.threshold_margin is None or math.isfinite(self.threshold_margin), "threshold-margin",
              "must be a number or 'off'")
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps-per-epoch", "must be >= 1")

@@ -29,23 +29,55 @@ def decisions_from_margins(margins: torch.Tensor, skippable: torch.Tensor) -> to
     return d.long()
 
 
+def compared_norms(weight: torch.Tensor, thresholds: torch.Tensor,
+                   scale: torch.Tensor | None) -> torch.Tensor:
+    """(3,) the norms the op's three indicators compare (the outer ring, then the e6 and e3
+    halves of w1, which hold the ring as far as the kernel decision is on), differentiable in
+    the weights and, through the kernel decision's straight-through gradient, in t_kernel. The
+    kernel decision's own path into the weights (through the ring) is left out: the ring's
+    entry carries it. dL/dz times this gradient is then exactly the share of the op's
+    gradients that passes through the norms. `scale`: indicator-dropout r, or None."""
+    from spnas_ops.reference import KERNEL, indicator, inner_mask
+    c = weight.shape[0]
+    w = weight.reshape(c, KERNEL, KERNEL)
+    m3 = inner_mask(w.device, w.dtype)
+    outer = w * (1 - m3)
+    ring = torch.linalg.vector_norm(outer)
+    d_kernel = indicator(ring.detach() - thresholds[0])
+    if scale is not None:
+        d_kernel = d_kernel * scale[0]
+    w1 = w * m3 + d_kernel * outer
+    return torch.stack([ring, torch.linalg.vector_norm(w1[c // 2:]),
+                        torch.linalg.vector_norm(w1[: c // 2])])
+
+
 class SuperDepthwiseConv2d(nn.Module):
     """A 5x5 depthwise superkernel with thresholds (t_kernel, t_expand, t_keep), initialised to 0.
 
     forward(x, scale=None) -> (y, d) where d = (d_kernel, d_expand, d_keep) are the paper's
     indicator decisions (differentiable, straight-through). `scale` is the indicator-dropout
     multiplier r of shape (3,). Channels [0, C/2) are the e3 half, [C/2, C) the extra e6 half.
+
+    `norm_grad` (the paper's, True): the indicators' gradient dL/dz, z = ||.|| - t, reaches the
+    weights through the norms as well as the thresholds. False: each indicator's own threshold
+    only (z = const - t; not t_kernel through the ring's share of the e6/e3 norms either). Why
+    (docs/search_quality.md): at a latency phase's start the paper's routing let the latency
+    term move the norms 1.5x as far as the thresholds (RMSProp steps each of a norm's thousands
+    of weights alike) and t_kernel take the e6 and e3 indicators' pull as well: the 14 px
+    kernel margins fell 0.72 in 13 steps against 0.04 through the thresholds alone, decisions
+    went off by price within ~15 steps, and when lambda turned negative the kept layers' norms
+    grew out of the indicators' reach for the rest of the search.
     """
 
     def __init__(self, channels: int, stride: int = 1, skippable: bool = True,
-                 op_backend: str = "auto"):
+                 op_backend: str = "auto", norm_grad: bool = True):
         super().__init__()
         if channels % 2:
             raise SpnasError(f"SuperDepthwiseConv2d: channels must be even (e3/e6 halves), got {channels}")
         if op_backend not in spnas_ops.BACKENDS:
             raise SpnasError(f"op_backend must be one of {spnas_ops.BACKENDS}, got {op_backend!r}")
         self.channels, self.stride, self.skippable = channels, stride, skippable
-        self.op_backend = op_backend
+        self.op_backend, self.norm_grad = op_backend, norm_grad
         self.weight = nn.Parameter(torch.empty(channels, 1, SUPER_KERNEL, SUPER_KERNEL))
         self.thresholds = nn.Parameter(torch.zeros(3))
         init_conv_(self.weight, groups=channels)
@@ -54,7 +86,13 @@ class SuperDepthwiseConv2d(nn.Module):
         thresholds = self.thresholds.to(x.dtype)
         if scale is not None:
             scale = scale.to(device=x.device, dtype=x.dtype)
-        return spnas_ops.masked_dwconv(x, self.weight.to(x.dtype), thresholds, stride=self.stride,
+        weight = self.weight.to(x.dtype)
+        if not self.norm_grad:
+            # the op sees t + n - n (the same values); through it, -dL/dz * dn/d(w, t) flows
+            # back and cancels the op's own terms through the norms (any backend, one graph)
+            n = compared_norms(weight.float(), thresholds.float(), scale)
+            thresholds = thresholds + (n - n.detach()).to(x.dtype)
+        return spnas_ops.masked_dwconv(x, weight, thresholds, stride=self.stride,
                                        skippable=self.skippable, scale=scale, backend=self.op_backend)
 
     @torch.no_grad()
@@ -98,7 +136,7 @@ class SuperDepthwiseConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, stride={self.stride}, skippable={self.skippable}, "
-                f"op_backend={self.op_backend!r}")
+                f"op_backend={self.op_backend!r}" + ("" if self.norm_grad else ", norm_grad=False"))
 
 
 class SuperMBConv(nn.Module):
@@ -114,7 +152,7 @@ class SuperMBConv(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, skippable: bool = True,
-                 op_backend: str = "auto", bn_eps: float = BN_EPS):
+                 op_backend: str = "auto", bn_eps: float = BN_EPS, norm_grad: bool = True):
         super().__init__()
         mid = in_channels * SUPER_EXPAND
         self.has_residual = stride == 1 and in_channels == out_channels
@@ -125,7 +163,7 @@ class SuperMBConv(nn.Module):
         self.skippable = skippable
         self.conv_pw = nn.Conv2d(in_channels, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid, eps=bn_eps)
-        self.superkernel = SuperDepthwiseConv2d(mid, stride, skippable, op_backend)
+        self.superkernel = SuperDepthwiseConv2d(mid, stride, skippable, op_backend, norm_grad)
         self.bn2 = nn.BatchNorm2d(mid, eps=bn_eps)
         self.conv_pwl = nn.Conv2d(mid, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels, eps=bn_eps)

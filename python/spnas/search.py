@@ -78,7 +78,8 @@ def indicator_scale(num_layers: int, keep: float, seed: int, step: int) -> torch
 
 def build_supernet(cfg: SearchConfig, num_classes: int) -> SinglePathSuperNet:
     return SinglePathSuperNet(cfg.space, num_classes=num_classes, width_mult=cfg.width_mult,
-                              op_backend=cfg.op_backend)
+                              op_backend=cfg.op_backend,
+                              norm_grad=cfg.indicator_grad == "thresholds+weights")
 
 
 @torch.no_grad()

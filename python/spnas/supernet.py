@@ -19,7 +19,8 @@ class SinglePathSuperNet(nn.Module):
     """
 
     def __init__(self, space: "str | SearchSpace" = "mnasnet", num_classes: int = 1000,
-                 width_mult: float = 1.0, op_backend: str = "auto", drop_rate: float = 0.0):
+                 width_mult: float = 1.0, op_backend: str = "auto", drop_rate: float = 0.0,
+                 norm_grad: bool = True):
         super().__init__()
         self.space = get_space(space)
         self.num_classes, self.width_mult, self.op_backend = num_classes, width_mult, op_backend
@@ -32,7 +33,7 @@ class SinglePathSuperNet(nn.Module):
             if layer.index is not None:
                 self._searchable.append(len(blocks))
                 blocks.append(SuperMBConv(layer.cin, layer.cout, layer.stride, layer.skippable,
-                                          op_backend=op_backend, bn_eps=eps))
+                                          op_backend=op_backend, bn_eps=eps, norm_grad=norm_grad))
             else:
                 blocks.append(make_block(spec.kind, layer.cin, layer.cout, spec.kernel, layer.stride,
                                          spec.expand, spec.noskip, eps))

@@ -49,6 +49,7 @@ def test_search_flag_errors(capsys, tmp_path):
     one_line_error(capsys, ["search", "--epochs", "0"], "--epochs")
     one_line_error(capsys, ["search", "--epochs", "two"], "--epochs")
     one_line_error(capsys, ["search", "--formula", "magic"], "--formula")
+    one_line_error(capsys, ["search", "--indicator-grad", "weights"], "--indicator-grad")
     one_line_error(capsys, ["search", "--data", str(tmp_path / "nope")], "no such directory")
     one_line_error(capsys, ["search", "--resume", str(tmp_path)], "no checkpoint")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import AUGMENTS, FORMULAS, MEMORY_FORMATS, PRECISIONS, SearchConfig
+from ..config import AUGMENTS, FORMULAS, INDICATOR_GRADS, MEMORY_FORMATS, PRECISIONS, SearchConfig
 from . import add_run_arguments, config_from_args, refuse_recipe_flags
 
 _D = SearchConfig()
@@ -51,6 +51,9 @@ FLAGS = (
      "when the latency term starts, put every threshold this far below its kernel norm, so "
      "decisions start at the largest op where their gradient sigmoid'(margin) is not ~0 "
      "(off: keep the paper's thresholds, initialised to 0)"),
+    ("--indicator-grad", "indicator_grad", str,
+     "where the indicators' straight-through gradient goes: the thresholds only, or also the "
+     "weights through the norms the indicators compare (the paper's)"),
     ("--lr-decay", "lr_decay", float, "learning-rate factor applied every --lr-decay-epochs"),
     ("--lr-decay-epochs", "lr_decay_epochs", float, "epochs between learning-rate decays"),
     ("--warmup-epochs", "warmup_epochs", float, "linear learning-rate warm-up"),
@@ -96,7 +99,7 @@ FLAGS = (
 
 # Flags with a fixed set of values (shared with commands/train.py).
 CHOICES = {"formula": FORMULAS, "memory_format": MEMORY_FORMATS, "precision": PRECISIONS,
-           "augment": AUGMENTS}
+           "augment": AUGMENTS, "indicator_grad": INDICATOR_GRADS}
 
 
 # --help groups the flags by what they set (search and train share the titles).
@@ -105,7 +108,7 @@ GROUPS = (
     ("network", ("space", "width_mult", "op_backend", "dropout", "init_from")),
     ("latency term", ("runtime_model", "formula", "lam", "lambda_scale", "target_ms", "lambda_gain",
                       "lambda_adapt_rate", "lambda_max", "target_ramp", "threshold_reach", "threshold_margin",
-                      "threshold_lr_mult", "dropout_epochs", "indicator_keep")),
+                      "indicator_grad", "threshold_lr_mult", "dropout_epochs", "indicator_keep")),
     ("schedule and optimizer", ("epochs", "batch_size", "lr", "lr_per_256", "lr_decay",
                                 "lr_decay_epochs", "warmup_epochs", "rmsprop_decay", "momentum",
                                 "rmsprop_eps", "weight_decay", "label_smoothing", "ema_decay",
