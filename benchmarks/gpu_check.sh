@@ -67,7 +67,8 @@ if [ "$device" = cuda ]; then
   $py -c "import spnas_ops; print('backends:', spnas_ops.available_backends())" >> "$OUT/machine.log" 2>&1
   # The GPU backends' tests (the op matrix's cuda and triton items); -n 8 spreads them (and
   # Triton's compiles) over the cores. The CPU op tests run with GPU_CHECK_CPU_TESTS=1.
-  tests="tests/spnas_ops/test_op.py tests/spnas_ops/test_cuda.py tests/spnas_ops/test_triton.py"
+  tests="tests/spnas_ops/test_op.py tests/spnas_ops/test_cuda.py tests/spnas_ops/test_triton.py
+         tests/spnas/test_indicator_grad.py"
   select=(-k "not cpu")
   [ "${GPU_CHECK_CPU_TESTS:-0}" = 1 ] && tests=tests/spnas_ops && select=()
   want tests && stage tests 90 $py -m pytest -q -p no:cacheprovider -n 8 -rfs "${select[@]}" $tests
