@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 
 from spnas import Architecture, RuntimeModel
 from spnas.search import SearchConfig, run_search
-from spnas.space import SPNASNET_100, get_space, random_architecture
+from spnas.space import SPNASNET_100, downsample, get_space, random_architecture
 from spnas.train import TrainConfig, run_train
 
 VM_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mnasnet-small-28px-vm.json")
@@ -407,10 +407,58 @@ def report(results: Results, args) -> dict:
               + (f"{pct:.0f} |" if pct is not None else "- |") + f" {spread} |")
     for name, accs in summary["baselines"].items():
         print(f"baseline {name}: {statistics.mean(accs):.2%} over {len(accs)} seed(s)")
+    summary["choices"] = choice_effects(results, get_space(args.space),
+                                        RuntimeModel.resolve(args.latency_model), args.image_size)
+    if summary["choices"]:
+        c = summary["choices"]
+        print(f"\nEach choice at equal latency ({c['networks']} random networks, {c['metric']}, "
+              f"points per layer with it, +- SE):")
+        for name, e in c["effects"].items():
+            print(f"  {name:30s} {e['points_per_layer']:+.2f} +- {e['se']:.2f}")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot(trains, os.path.join(args.out, "quality.png"))
     return summary
+
+
+def choice_effects(results: Results, space, model, image_size: int,
+                   metric: str = "val_top1") -> dict:
+    """What the random networks say about each choice at equal latency: for every searchable
+    stage and choice (layers kept, e6, 5x5), the least-squares coefficient of the number of
+    that stage's layers with it, fitted beside the predicted latency (mean accuracy of a
+    network's seeds ~ 1 + latency + count), with its standard error. Every random network of
+    the results file counts, whatever budget drew it; validation top-1, so that what a user
+    tunes on this never touches the test split. {} with fewer than 8 networks."""
+    import numpy as np
+
+    by_net: dict[tuple, dict] = {}
+    for r in results.done.values():  # a training reused in several roles counts once
+        if r["kind"] == "train" and r["role"].startswith("random") and metric in r:
+            by_net.setdefault(tuple(r["ops"]), {})[r["seed"]] = r[metric]
+    if len(by_net) < 8:
+        return {}
+    stage_of = [layer["stage"] for layer in space.layers()]
+    stages = sorted(set(stage_of))
+    size = {l.stage: downsample(l.in_size, l.stride) for l in space.walk(image_size)
+            if l.index is not None}
+    nets = list(by_net)
+    latency = np.array([model.predict(Architecture(list(ops), space)) for ops in nets])
+    acc = np.array([100 * statistics.mean(by_net[ops].values()) for ops in nets])
+    choices = {"layers kept": lambda o: o != "skip", "e6": lambda o: o.endswith("_e6"),
+               "5x5": lambda o: o.startswith("k5")}
+    effects = {}
+    for stage in stages:
+        for name, has in choices.items():
+            count = np.array([sum(has(o) for o, s in zip(ops, stage_of) if s == stage) for ops in nets])
+            x = np.stack([np.ones(len(nets)), latency, count], axis=1)
+            if np.linalg.matrix_rank(x) < 3:  # the choice never varies (e.g. a fixed layer)
+                continue
+            beta, *_ = np.linalg.lstsq(x, acc, rcond=None)
+            rss = float(((acc - x @ beta) ** 2).sum())
+            cov = rss / max(len(nets) - 3, 1) * np.linalg.inv(x.T @ x)
+            effects[f"stage {stage} ({size[stage]} px) {name}"] = {"points_per_layer": float(beta[2]),
+                                                "se": float(cov[2, 2] ** 0.5)}
+    return {"metric": metric, "networks": len(nets), "effects": effects}
 
 
 def pooled_sd(groups: list[list[float]]) -> float | None:

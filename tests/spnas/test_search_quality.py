@@ -100,3 +100,32 @@ def test_search_seeds_each_compared_with_random_networks_of_their_own_latency(tm
     assert set(summary["budgets"]) == {"60", "60 s1"}
     assert summary["budgets"]["60 s1"]["search_seed"] == 1
     assert "| 60 s1 |" in capsys.readouterr().out
+
+
+def test_choice_effects_recover_a_planted_effect(tmp_path):
+    # accuracy = 80 + 3 x latency + 0.5 per 5x5 layer of the 14 px stage (+ a tie-breaking
+    # wobble per seed that averages out): the fit gives 0.5 there and ~0 elsewhere
+    import random as rnd
+    from spnas import RuntimeModel
+    from spnas.space import get_space, random_architecture
+    bench = load_benchmark()
+    space = get_space("mnasnet-small")
+    model = RuntimeModel.resolve(bench.VM_MODEL)
+    results = bench.Results(str(tmp_path / "results.jsonl"))
+    stage_of = [layer["stage"] for layer in space.layers()]
+    first = min(stage_of)
+    g = rnd.Random(0)
+    for n in range(30):
+        arch = random_architecture(space, g)
+        k5 = sum(o.startswith("k5") for o, s in zip(arch.ops, stage_of) if s == first)
+        acc = 80 + 3 * model.predict(arch) + 0.5 * k5
+        for seed, wobble in ((0, -0.1), (1, 0.1)):
+            results.add({"kind": "train", "job": f"train random 0.3 {n} seed {seed}", "role": "random",
+                         "budget": 0.3, "ops": arch.ops, "seed": seed, "val_top1": (acc + wobble) / 100})
+    effects = bench.choice_effects(results, space, model, 28)["effects"]
+    planted = next(v for k, v in effects.items() if k.startswith(f"stage {first} ") and k.endswith("5x5"))
+    assert abs(planted["points_per_layer"] - 0.5) < 1e-6
+    others = [v["points_per_layer"] for k, v in effects.items() if not k.endswith("5x5")
+              or not k.startswith(f"stage {first} ")]
+    assert len(others) == 8 and max(abs(v) for v in others) < 0.5
+    assert not bench.choice_effects(bench.Results(str(tmp_path / "none.jsonl")), space, model, 28)
