@@ -87,9 +87,10 @@ class SuperDepthwiseConv2d(nn.Module):
         if scale is not None:
             scale = scale.to(device=x.device, dtype=x.dtype)
         weight = self.weight.to(x.dtype)
-        if not self.norm_grad:
+        if not self.norm_grad and torch.is_grad_enabled():
             # the op sees t + n - n (the same values); through it, -dL/dz * dn/d(w, t) flows
-            # back and cancels the op's own terms through the norms (any backend, one graph)
+            # back and cancels the op's own terms through the norms (any backend, one graph);
+            # without autograd (evaluation) there is nothing to cancel
             n = compared_norms(weight.float(), thresholds.float(), scale)
             thresholds = thresholds + (n - n.detach()).to(x.dtype)
         return spnas_ops.masked_dwconv(x, weight, thresholds, stride=self.stride,
