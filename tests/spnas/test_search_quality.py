@@ -129,3 +129,19 @@ def test_choice_effects_recover_a_planted_effect(tmp_path):
               or not k.startswith(f"stage {first} ")]
     assert len(others) == 8 and max(abs(v) for v in others) < 0.5
     assert not bench.choice_effects(bench.Results(str(tmp_path / "none.jsonl")), space, model, 28)
+
+
+def test_overall_averages_found_minus_random_median_over_the_rows():
+    bench = load_benchmark()
+    # (label, found mean, per seed, random means, percentile, q75, random sd, seed sd)
+    rows = [("a", 0.86, [], [0.84, 0.85, 0.86], None, 0.855, None, None),   # +1 point, above q75
+            ("b", 0.84, [], [0.84, 0.85, 0.87], None, 0.86, None, None),    # -1 point
+            ("c", 0.87, [], [0.85, 0.86, 0.87], None, 0.865, None, None),   # +1 point, above q75
+            ("d", 0.90, [], [0.85], None, None, None, None),                 # one random: left out
+            ("c s1", 0.87, [], [0.85, 0.86, 0.87], None, 0.865, None, None)]  # c's network again
+    o = bench.overall(rows)
+    assert o["comparisons"] == 3
+    assert abs(o["mean_points"] - 1 / 3) < 1e-9
+    assert abs(o["se"] - (4 / 3) ** 0.5 / 3 ** 0.5) < 1e-9
+    assert (o["above_median"], o["at_q75"]) == (2, 2)
+    assert bench.overall(rows[:1]) == {}
