@@ -412,6 +412,10 @@ def report(results: Results, args) -> dict:
               f"{o['mean_points']:+.2f} points (+- {o['se']:.2f} SE, rows as independent)"
               f"; above the median in {o['above_median']}, at or above the 75th percentile in "
               f"{o['at_q75']}")
+        if "architecture_sd_points" in o:
+            print(f"Does architecture matter here? random networks of one latency spread "
+                  f"{o['architecture_sd_points']:.2f} points (sd, seed noise taken out) against "
+                  f"{o['seed_sd_points']:.2f} between two seeds of one network")
     for name, accs in summary["baselines"].items():
         print(f"baseline {name}: {statistics.mean(accs):.2%} over {len(accs)} seed(s)")
     summary["choices"] = choice_effects(results, get_space(args.space),
@@ -434,20 +438,32 @@ def overall(rows: list[tuple]) -> dict:
     with its standard error (rows taken as independent, though a budget's search seeds may
     share random networks), and in how many rows it is above the median and at or above the
     75th percentile. Two search seeds that found the same network count once. {} with fewer
-    than 2 such rows."""
-    diffs, above, at_q75, seen = [], 0, 0, set()
-    for _, mean, accs, randoms, _, q75, _, _ in rows:
+    than 2 such rows.
+
+    And whether architecture matters here at all: the random networks' spread at one latency
+    with the seed noise taken out (the variance of their means less seed variance / seeds,
+    pooled over the rows) against one training's seed sd. The sd of the means alone would
+    count the seed noise twice, once in each."""
+    diffs, above, at_q75, seen, arch_var, seed_var = [], 0, 0, set(), [], []
+    for _, mean, accs, randoms, _, q75, random_sd, seed_sd in rows:
         if q75 is None or (mean, tuple(accs), tuple(randoms)) in seen:
             continue
         seen.add((mean, tuple(accs), tuple(randoms)))
         diffs.append(100 * (mean - statistics.median(randoms)))
         above += mean > statistics.median(randoms)
         at_q75 += mean >= q75
+        if seed_sd:
+            arch_var.append(100 ** 2 * (random_sd ** 2 - seed_sd ** 2 / len(accs)))
+            seed_var.append(100 ** 2 * seed_sd ** 2)
     if len(diffs) < 2:
         return {}
-    return {"comparisons": len(diffs), "mean_points": statistics.mean(diffs),
-            "se": statistics.stdev(diffs) / len(diffs) ** 0.5, "points": diffs,
-            "above_median": above, "at_q75": at_q75}
+    out = {"comparisons": len(diffs), "mean_points": statistics.mean(diffs),
+           "se": statistics.stdev(diffs) / len(diffs) ** 0.5, "points": diffs,
+           "above_median": above, "at_q75": at_q75}
+    if arch_var:
+        out["architecture_sd_points"] = max(statistics.mean(arch_var), 0.0) ** 0.5
+        out["seed_sd_points"] = statistics.mean(seed_var) ** 0.5
+    return out
 
 
 def choice_effects(results: Results, space, model, image_size: int,

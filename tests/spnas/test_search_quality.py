@@ -144,4 +144,11 @@ def test_overall_averages_found_minus_random_median_over_the_rows():
     assert abs(o["mean_points"] - 1 / 3) < 1e-9
     assert abs(o["se"] - (4 / 3) ** 0.5 / 3 ** 0.5) < 1e-9
     assert (o["above_median"], o["at_q75"]) == (2, 2)
+    assert "architecture_sd_points" not in o  # no seed spread given
+    # random means spread 0.5 (sd) with seed sd 0.6 over 2 seeds: 0.25 - 0.18 = 0.07 of it is
+    # the architectures'
+    noisy = [(label, m, [m, m], r, None, q, 0.005, 0.006) for label, m, _, r, _, q, _, _ in rows]
+    o = bench.overall(noisy)
+    assert abs(o["architecture_sd_points"] - 0.07 ** 0.5) < 1e-9
+    assert abs(o["seed_sd_points"] - 0.6) < 1e-9
     assert bench.overall(rows[:1]) == {}
