@@ -38,6 +38,7 @@ from spnas.search import SearchConfig, run_search
 from spnas.space import SPNASNET_100, downsample, get_space, random_architecture
 from spnas.train import TrainConfig, run_train
 
+REGIME = "regime"  # the role of --regime's random networks
 VM_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mnasnet-small-28px-vm.json")
 
 # Sizes. "quick" is a smoke test of the whole path; "cpu" fits a few hours of this project's
@@ -292,11 +293,15 @@ def run(args) -> dict:
         for role, arch in contenders(results, args, budget, space, model, search_seed):
             train(role, budget, arch)
 
-    every = [(b, s) for b in args.budgets for s in args.search_seeds]
+    if args.regime is not None:  # no search: random networks of one latency, every seed
+        for arch in same_latency(space, model, args.regime, args.tolerance, args.random,
+                                 seed=round(args.regime * 1000)):
+            train(REGIME, args.regime, arch)
+    every = [] if args.regime is not None else [(b, s) for b in args.budgets for s in args.search_seeds]
     searches = [(b, s) for b, s in every if search_name(b, s) not in results.done]
     for budget, search_seed in searches:  # first: every training of a search waits for it
         pending[pool.submit(search_job, args, budget, search_seed)] = ("search", (budget, search_seed))
-    for name, arch in baselines(space).items():
+    for name, arch in (baselines(space).items() if args.regime is None else ()):
         train(name, None, arch)
     for budget, search_seed in every:
         if (budget, search_seed) not in searches:
@@ -325,7 +330,7 @@ def run(args) -> dict:
               file=sys.stderr)
         raise KeyboardInterrupt from None
     pool.shutdown()
-    return report(results, args)
+    return regime_report(results, args) if args.regime is not None else report(results, args)
 
 
 def contenders(results: Results, args, budget: float, space, model,
@@ -453,7 +458,7 @@ def overall(rows: list[tuple]) -> dict:
         above += mean > statistics.median(randoms)
         at_q75 += mean >= q75
         if seed_sd:
-            arch_var.append(100 ** 2 * (random_sd ** 2 - seed_sd ** 2 / len(accs)))
+            arch_var.append(100 ** 2 * architecture_variance(random_sd, seed_sd, len(accs)))
             seed_var.append(100 ** 2 * seed_sd ** 2)
     if len(diffs) < 2:
         return {}
@@ -463,6 +468,46 @@ def overall(rows: list[tuple]) -> dict:
     if arch_var:
         out["architecture_sd_points"] = max(statistics.mean(arch_var), 0.0) ** 0.5
         out["seed_sd_points"] = statistics.mean(seed_var) ** 0.5
+    return out
+
+
+def architecture_variance(means_sd: float, seed_sd: float, seeds: int) -> float:
+    """The variance of networks' mean accuracies (sd `means_sd`, each a mean of `seeds`
+    trainings) that is the architectures' own: less the seed noise those means still hold,
+    seed_sd^2 / seeds. Negative when the networks differ less than their seeds would make them."""
+    return means_sd ** 2 - seed_sd ** 2 / seeds
+
+
+def regime_report(results: Results, args) -> dict:
+    """--regime: does architecture matter at this latency, in this recipe? The random networks'
+    spread with the seed noise taken out against one training's seed sd (the benchmark asks
+    for 3x before a comparison means anything)."""
+    by_net: dict[tuple, list[float]] = {}
+    for r in results.done.values():
+        if r["kind"] == "train" and r["role"] == REGIME and r["budget"] == args.regime:
+            by_net.setdefault(tuple(r["ops"]), []).append(100 * r["test_top1"])
+    complete = [v for v in by_net.values() if len(v) == len(args.seeds)]
+    out = {"latency_ms": args.regime, "networks": len(complete), "seeds": list(args.seeds),
+           "means": [statistics.mean(v) for v in complete]}
+    seed_sd = pooled_sd(complete)
+    if len(complete) >= 2 and seed_sd is not None:
+        arch_var = architecture_variance(statistics.stdev(out["means"]), seed_sd, len(args.seeds))
+        out.update(architecture_sd=max(arch_var, 0.0) ** 0.5, seed_sd=seed_sd,
+                   ratio=max(arch_var, 0.0) ** 0.5 / seed_sd if seed_sd else None)
+        print(f"\n## Does architecture matter at {args.regime:g} ms? {args.data}, {args.image_size} px, "
+              f"space {args.space}, {len(complete)} random networks within {args.tolerance:.0%}, "
+              f"seeds {list(args.seeds)}\n")
+        print(f"test top-1 of the networks (mean over seeds): median {statistics.median(out['means']):.2f}%, "
+              f"range {min(out['means']):.2f}-{max(out['means']):.2f}%")
+        print(f"architectures' spread, seed noise taken out: {out['architecture_sd']:.2f} points (sd); "
+              f"one training's seed sd: {seed_sd:.2f} points; ratio "
+              + (f"{out['ratio']:.2f}" if out["ratio"] is not None else "- (no seed spread)")
+              + " (a comparison with chance needs >= 3)")
+    else:
+        print(f"--regime {args.regime:g}: {len(complete)} network(s) trained with every seed so far; "
+              f"the spread needs 2 or more (and 2 or more seeds)")
+    with open(os.path.join(args.out, "regime.json"), "w") as f:
+        json.dump(out, f, indent=1)
     return out
 
 
@@ -562,6 +607,11 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance", type=float,
                    help="random architectures within this fraction of the found latency "
                         "(default: the preset's, 0.03 but for quick)")
+    p.add_argument("--regime", type=float, metavar="MS",
+                   help="no search: train --random networks of this predicted latency (within "
+                        "--tolerance), every seed, and report whether architecture matters there "
+                        "(their spread with the seed noise taken out against one training's seed "
+                        "sd): the check a regime must pass before the comparison means anything")
     p.add_argument("--device", default="auto")
     p.add_argument("--parallel", type=int, default=1,
                    help="jobs at once, each in its own process (default 1: in this process)")
@@ -584,11 +634,13 @@ def main(argv=None) -> int:
         p.error("--random must be >= 1; --budgets, --seeds and --search-seeds must not be empty")
     if args.parallel < 1 or (args.threads is not None and args.threads < 1):
         p.error("--parallel and --threads must be >= 1")
+    if args.regime is not None and args.regime <= 0:
+        p.error(f"--regime must be a latency in ms > 0, got {args.regime:g}")
     if args.report:  # what is done so far, e.g. while another process runs the jobs
         path = os.path.join(args.out, "results.jsonl")
         if not os.path.exists(path):
             p.error(f"--report: no {path} (the --out folder of a run)")
-        report(Results(path), args)
+        (regime_report if args.regime is not None else report)(Results(path), args)
         return 0
     try:
         run(args)

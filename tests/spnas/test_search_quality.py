@@ -152,3 +152,49 @@ def test_overall_averages_found_minus_random_median_over_the_rows():
     assert abs(o["architecture_sd_points"] - 0.07 ** 0.5) < 1e-9
     assert abs(o["seed_sd_points"] - 0.6) < 1e-9
     assert bench.overall(rows[:1]) == {}
+
+
+def test_regime_trains_random_networks_of_one_latency_and_no_search(tmp_path, capsys):
+    bench = load_benchmark()
+    out = tmp_path / "regime"
+    args = ["--scale", "quick", "--out", str(out), "--regime", "60", "--random", "3", "--seeds", "0,1"]
+    assert bench.main(args) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert records and all(r["kind"] == "train" and r["role"] == "regime" for r in records)
+    assert len({tuple(r["ops"]) for r in records}) == 3 and {r["seed"] for r in records} == {0, 1}
+    assert all(abs(r["predicted_ms"] - 60) <= 0.15 * 60 for r in records)
+    assert json.loads((out / "regime.json").read_text())["networks"] == 3
+    assert "Does architecture matter at 60 ms?" in capsys.readouterr().out
+    assert bench.main(args) == 0  # resumed: nothing trained again
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_regime_report_takes_the_seed_noise_out_of_the_spread(tmp_path, capsys):
+    # three networks, two seeds each: 80/82, 84/84, 86/88 %. Means 81, 84, 87: variance 9; seed
+    # variance pooled (2 + 0 + 2) / 3 = 4/3, of which a two-seed mean holds half: 9 - 2/3
+    bench = load_benchmark()
+    with open(tmp_path / "results.jsonl", "w") as f:
+        for n, accs in enumerate(((80, 82), (84, 84), (86, 88))):
+            for seed, acc in enumerate(accs):
+                f.write(json.dumps({"kind": "train", "job": f"train regime 60 net{n} seed {seed}",
+                                    "role": "regime", "budget": 60.0, "ops": [f"net{n}"],
+                                    "seed": seed, "test_top1": acc / 100}) + "\n")
+    assert bench.main(["--scale", "quick", "--out", str(tmp_path), "--regime", "60", "--seeds", "0,1",
+                       "--report"]) == 0
+    regime = json.loads((tmp_path / "regime.json").read_text())
+    assert regime["networks"] == 3
+    assert abs(regime["seed_sd"] - (4 / 3) ** 0.5) < 1e-9
+    assert abs(regime["architecture_sd"] - (9 - 2 / 3) ** 0.5) < 1e-9
+    assert abs(regime["ratio"] - (9 - 2 / 3) ** 0.5 / (4 / 3) ** 0.5) < 1e-9
+    assert "ratio 2.50" in capsys.readouterr().out
+
+
+def test_regime_must_be_a_positive_latency(tmp_path, capsys):
+    bench = load_benchmark()
+    try:
+        bench.main(["--scale", "quick", "--out", str(tmp_path), "--regime", "0"])
+    except SystemExit as exit:
+        assert exit.code == 2
+    else:
+        raise AssertionError("--regime 0 must fail")
+    assert "--regime must be a latency in ms > 0" in capsys.readouterr().err
