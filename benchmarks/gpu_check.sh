@@ -10,7 +10,8 @@
 # Each stage has its own time limit, and a stage is skipped once fewer than 30 s are left of
 # GPU_CHECK_SECONDS (default 420), so the summary always prints within the device call.
 # GPU_CHECK_STAGES picks stages (default "build tests gpu_report bench_supernet"; "build
-# quality" runs the search-quality comparison, carry .gpu-data and .gpu-quality); a build
+# quality" runs the search-quality comparison and "build regime" its check that architecture
+# matters at all, both carrying .gpu-data and .gpu-quality); a build
 # already installed on a still-warm machine is kept (the first H200 call spent 83 s building).
 # Measured on the H200 (2026-11-28): tests 55 s; gpu_report over 130 s at full size; the
 # supernet bench over 95 s: give each its own call when the budget allows.
@@ -79,12 +80,20 @@ if [ "$device" = cuda ]; then
   # it continues from the carried, git-ignored .gpu-quality/ or, without one, from the
   # committed docs/search_quality/gpu/results.jsonl (commit the returned quality/results.jsonl
   # there after each call); the data in the carried .gpu-data/.
-  if want quality; then
+  # "regime" first answers whether that comparison can mean anything at this recipe: 8 random
+  # networks of 0.34 ms, 3 seeds each (24 trainings, ~3 rounds of 8), no search, in the same
+  # results file (a training either needs is done once).
+  if want quality || want regime; then
     mkdir -p .gpu-quality "$OUT/quality"
     [ -f .gpu-quality/results.jsonl ] || cp docs/search_quality/gpu/results.jsonl .gpu-quality/
-    stage quality 500 $py benchmarks/search_quality.py --scale gpu --data .gpu-data \
-      --out .gpu-quality --parallel 8 --threads 2
-    cp .gpu-quality/results.jsonl .gpu-quality/summary.json .gpu-quality/quality.png "$OUT/quality/" 2>/dev/null
+  fi
+  want regime && stage regime 500 $py benchmarks/search_quality.py --scale gpu --data .gpu-data \
+    --out .gpu-quality --parallel 8 --threads 2 --regime 0.34 --random 8
+  want quality && stage quality 500 $py benchmarks/search_quality.py --scale gpu --data .gpu-data \
+    --out .gpu-quality --parallel 8 --threads 2
+  if want quality || want regime; then
+    cp .gpu-quality/results.jsonl .gpu-quality/summary.json .gpu-quality/quality.png \
+      .gpu-quality/regime.json "$OUT/quality/" 2>/dev/null
   fi
 else
   stage tests 300 $py -m pytest -q -p no:cacheprovider tests/spnas_ops
@@ -94,7 +103,7 @@ fi
 
 echo
 cat "$OUT/machine.log"
-for name in tests gpu_report bench_supernet quality; do
+for name in tests gpu_report bench_supernet regime quality; do
   [ -f "$OUT/$name.log" ] || continue
   echo
   echo "## $name (last lines of $name.log)"
@@ -103,6 +112,7 @@ for name in tests gpu_report bench_supernet quality; do
     gpu_report) grep -vE "^  timed" "$OUT/gpu_report.log" | tail -60 ;;
     bench_supernet) grep -vE "^  timed" "$OUT/bench_supernet.log" | tail -45 ;;
     quality) tail -25 "$OUT/quality.log" ;;
+    regime) tail -8 "$OUT/regime.log" ;;
   esac
 done
 echo
