@@ -4,6 +4,7 @@ same predicted latency, every network trained the same way, scored once on the t
     python benchmarks/search_quality.py --scale quick            # a smoke run (digits, a minute)
     python benchmarks/search_quality.py --scale cpu --out runs/quality    # resumable; hours
     python benchmarks/search_quality.py --scale gpu --data DIR --out $OUT/quality   # one GPU
+    python benchmarks/search_quality.py --scale cpu --regime 0.38 --random 12   # first: can it tell?
 
 At each latency budget it (1) runs `spnas search --target-ms BUDGET` and takes the derived
 architecture; (2) samples random architectures of the space whose predicted latency is within
@@ -15,7 +16,9 @@ so a killed run resumes where it stopped, and a run may span sessions. The repor
 table, OUT/summary.json and OUT/quality.png) says, per budget, where the found network's mean
 test accuracy falls among the random ones'. With --search-seeds, every budget is searched once
 per seed, and each search's network is compared with random ones of its own latency: how much
-the verdict depends on the search's own luck.
+the verdict depends on the search's own luck. With --regime MS it only trains random networks
+of that latency and says whether they differ beyond their seeds (3x asked): the check that a
+regime can tell a good search from chance at all.
 """
 
 from __future__ import annotations
