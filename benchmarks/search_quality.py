@@ -487,16 +487,17 @@ def regime_report(results: Results, args) -> dict:
     for 3x before a comparison means anything)."""
     by_net: dict[tuple, list[float]] = {}
     for r in results.done.values():
-        if r["kind"] == "train" and r["role"] == REGIME and r["budget"] == args.regime:
+        if (r["kind"] == "train" and r["role"] == REGIME and r["budget"] == args.regime
+                and r["seed"] in args.seeds):  # a file may hold more seeds than asked
             by_net.setdefault(tuple(r["ops"]), []).append(100 * r["test_top1"])
     complete = [v for v in by_net.values() if len(v) == len(args.seeds)]
     out = {"latency_ms": args.regime, "networks": len(complete), "seeds": list(args.seeds),
            "means": [statistics.mean(v) for v in complete]}
     seed_sd = pooled_sd(complete)
     if len(complete) >= 2 and seed_sd is not None:
-        arch_var = architecture_variance(statistics.stdev(out["means"]), seed_sd, len(args.seeds))
-        out.update(architecture_sd=max(arch_var, 0.0) ** 0.5, seed_sd=seed_sd,
-                   ratio=max(arch_var, 0.0) ** 0.5 / seed_sd if seed_sd else None)
+        arch_sd = max(architecture_variance(statistics.stdev(out["means"]), seed_sd, len(args.seeds)),
+                      0.0) ** 0.5
+        out.update(architecture_sd=arch_sd, seed_sd=seed_sd, ratio=arch_sd / seed_sd if seed_sd else None)
         print(f"\n## Does architecture matter at {args.regime:g} ms? {args.data}, {args.image_size} px, "
               f"space {args.space}, {len(complete)} random networks within {args.tolerance:.0%}, "
               f"seeds {list(args.seeds)}\n")

@@ -187,6 +187,13 @@ def test_regime_report_takes_the_seed_noise_out_of_the_spread(tmp_path, capsys):
     assert abs(regime["architecture_sd"] - (9 - 2 / 3) ** 0.5) < 1e-9
     assert abs(regime["ratio"] - (9 - 2 / 3) ** 0.5 / (4 / 3) ** 0.5) < 1e-9
     assert "ratio 2.50" in capsys.readouterr().out
+    # a third seed in the file is not one of --seeds 0,1: the same answer
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "job": "train regime 60 net0 seed 2", "role": "regime",
+                            "budget": 60.0, "ops": ["net0"], "seed": 2, "test_top1": 0.5}) + "\n")
+    assert bench.main(["--scale", "quick", "--out", str(tmp_path), "--regime", "60", "--seeds", "0,1",
+                       "--report"]) == 0
+    assert json.loads((tmp_path / "regime.json").read_text()) == regime
 
 
 def test_regime_must_be_a_positive_latency(tmp_path, capsys):
