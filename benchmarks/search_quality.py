@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -481,6 +482,18 @@ def architecture_variance(means_sd: float, seed_sd: float, seeds: int) -> float:
     return means_sd ** 2 - seed_sd ** 2 / seeds
 
 
+def expected_range(n: int) -> float:
+    """The expected range (max - min) of n independent standard normal values:
+    the integral of 1 - P(x)^n - (1 - P(x))^n over x, by Simpson's rule (1.128 for n = 2)."""
+    lo, hi, steps = -8.0, 8.0, 4000
+    h, total = (hi - lo) / steps, 0.0
+    for i in range(steps + 1):
+        p = 0.5 * (1 + math.erf((lo + i * h) / math.sqrt(2)))
+        weight = 1 if i in (0, steps) else (4 if i % 2 else 2)
+        total += weight * (1 - p ** n - (1 - p) ** n)
+    return total * h / 3
+
+
 def regime_report(results: Results, args) -> dict:
     """--regime: does architecture matter at this latency, in this recipe? The random networks'
     spread with the seed noise taken out against one training's seed sd (the benchmark asks
@@ -497,12 +510,16 @@ def regime_report(results: Results, args) -> dict:
     if len(complete) >= 2 and seed_sd is not None:
         arch_sd = max(architecture_variance(statistics.stdev(out["means"]), seed_sd, len(args.seeds)),
                       0.0) ** 0.5
-        out.update(architecture_sd=arch_sd, seed_sd=seed_sd, ratio=arch_sd / seed_sd if seed_sd else None)
+        # the naive reading of "spread": the networks' range, and what seed noise alone would give
+        noise_range = expected_range(len(complete)) * seed_sd / len(args.seeds) ** 0.5
+        out.update(architecture_sd=arch_sd, seed_sd=seed_sd, ratio=arch_sd / seed_sd if seed_sd else None,
+                   range_points=max(out["means"]) - min(out["means"]), noise_range_points=noise_range)
         print(f"\n## Does architecture matter at {args.regime:g} ms? {args.data}, {args.image_size} px, "
               f"space {args.space}, {len(complete)} random networks within {args.tolerance:.0%}, "
               f"seeds {list(args.seeds)}\n")
         print(f"test top-1 of the networks (mean over seeds): median {statistics.median(out['means']):.2f}%, "
-              f"range {min(out['means']):.2f}-{max(out['means']):.2f}%")
+              f"range {min(out['means']):.2f}-{max(out['means']):.2f}% ({out['range_points']:.2f} points; "
+              f"seed noise alone would make ~{noise_range:.2f} among {len(complete)} networks)")
         print(f"architectures' spread, seed noise taken out: {out['architecture_sd']:.2f} points (sd); "
               f"one training's seed sd: {seed_sd:.2f} points; ratio "
               + (f"{out['ratio']:.2f}" if out["ratio"] is not None else "- (no seed spread)")

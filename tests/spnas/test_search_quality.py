@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -186,6 +187,10 @@ def test_regime_report_takes_the_seed_noise_out_of_the_spread(tmp_path, capsys):
     assert abs(regime["seed_sd"] - (4 / 3) ** 0.5) < 1e-9
     assert abs(regime["architecture_sd"] - (9 - 2 / 3) ** 0.5) < 1e-9
     assert abs(regime["ratio"] - (9 - 2 / 3) ** 0.5 / (4 / 3) ** 0.5) < 1e-9
+    # the range of the means (87 - 81) beside what seed noise alone would make among 3 networks:
+    # E[range of 3 standard normals] = 3 / sqrt(pi), times the sd of a two-seed mean
+    assert abs(regime["range_points"] - 6) < 1e-9
+    assert abs(regime["noise_range_points"] - 3 / math.pi ** 0.5 * (2 / 3) ** 0.5) < 1e-6
     assert "ratio 2.50" in capsys.readouterr().out
     # a third seed in the file is not one of --seeds 0,1: the same answer
     with open(tmp_path / "results.jsonl", "a") as f:
@@ -194,6 +199,14 @@ def test_regime_report_takes_the_seed_noise_out_of_the_spread(tmp_path, capsys):
     assert bench.main(["--scale", "quick", "--out", str(tmp_path), "--regime", "60", "--seeds", "0,1",
                        "--report"]) == 0
     assert json.loads((tmp_path / "regime.json").read_text()) == regime
+
+
+def test_expected_range_of_normals_matches_known_values():
+    bench = load_benchmark()
+    # exact for 2 and 3 values (2 and 3 over sqrt(pi)); tabulated (d2 of control charts) for 12
+    assert abs(bench.expected_range(2) - 2 / math.pi ** 0.5) < 1e-6
+    assert abs(bench.expected_range(3) - 3 / math.pi ** 0.5) < 1e-6
+    assert abs(bench.expected_range(12) - 3.258) < 1e-3
 
 
 def test_regime_must_be_a_positive_latency(tmp_path, capsys):
