@@ -24,6 +24,7 @@ regime can tell a good search from chance at all.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import io
 import json
@@ -37,10 +38,16 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
+import numpy as np
+import torch
+
 from spnas import Architecture, RuntimeModel
+from spnas import data as datamod
+from spnas.layers import build_child
+from spnas.runs import memory_format
 from spnas.search import SearchConfig, run_search
 from spnas.space import SPNASNET_100, downsample, get_space, random_architecture
-from spnas.train import TrainConfig, run_train
+from spnas.train import BEST, TrainConfig, run_train
 
 REGIME = "regime"  # the role of --regime's random networks
 VM_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mnasnet-small-28px-vm.json")
@@ -231,9 +238,59 @@ def train_job(args, ops: list[str], seed: int) -> dict:
     if not out["finished"]:
         raise unfinished(cfg.run_dir)
     test = out["test_top1"] if out["test_top1"] is not None else out["best"]["top1"]
-    return {"kind": "train", "ops": ops, "seed": seed, "test_top1": test,
-            "scored_on": "test" if out["test_top1"] is not None else "validation",
-            "val_top1": out["best"]["top1"], "seconds": round(time.time() - started, 1)}
+    record = {"kind": "train", "ops": ops, "seed": seed, "test_top1": test,
+              "scored_on": "test" if out["test_top1"] is not None else "validation",
+              "val_top1": out["best"]["top1"], "seconds": round(time.time() - started, 1)}
+    if out["test_top1"] is not None:
+        record["test_right"], record["test_images"] = test_right(cfg.run_dir, arch, args)
+    return record
+
+
+def test_right(run_dir: str, arch: Architecture, args) -> tuple[str, int]:
+    """Which test images a finished training's best.pt (the weights its test top-1 scored) gets
+    right: a bitmask in the test split's order, base64, and the number of images. Two seeds'
+    masks say how much of their difference the test set alone makes (test_set_share)."""
+    split = datamod.load(args.data, args.image_size)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    fmt = memory_format("auto")
+    net = build_child(arch, num_classes=len(split.classes))
+    net.load_state_dict(torch.load(os.path.join(run_dir, BEST), map_location=device, weights_only=True))
+    net = net.to(device, memory_format=fmt).eval()
+    index = list(range(len(split.test)))
+    right = []
+    with torch.no_grad():
+        for x, y in datamod.loader(split.test, [index[i:i + 256] for i in range(0, len(index), 256)]):
+            logits = net(x.to(device, memory_format=fmt))
+            right.append((logits.topk(1, dim=1).indices[:, 0] == y.to(device)).cpu())
+    bits = np.packbits(torch.cat(right).numpy())
+    return base64.b64encode(bits.tobytes()).decode("ascii"), len(index)
+
+
+def right_mask(record: dict) -> np.ndarray:
+    """A record's test_right as booleans, one per test image."""
+    bits = np.frombuffer(base64.b64decode(record["test_right"]), dtype=np.uint8)
+    return np.unpackbits(bits)[:record["test_images"]].astype(bool)
+
+
+def test_set_share(networks: list[list[dict]]) -> dict:
+    """The part of one training's seed sd that the test set alone makes: for two trainings of
+    one network that get D of N test images right where the other does not, their accuracy
+    difference would have variance D / N^2 were they equally good (each such image as likely
+    to go either way), D / 2N^2 for one training. Pooled over every pair of seeds of every
+    network whose records hold masks (train_job); {} without any."""
+    variances, shares = [], []
+    for records in networks:
+        masks = [right_mask(r) for r in records if "test_right" in r]
+        for i in range(len(masks)):
+            for j in range(i + 1, len(masks)):
+                disagree = int((masks[i] != masks[j]).sum())
+                variances.append(disagree / (2 * len(masks[i]) ** 2))
+                shares.append(disagree / len(masks[i]))
+    if not variances:
+        return {}
+    return {"test_set_sd_points": 100 * statistics.mean(variances) ** 0.5,
+            "disagreement": statistics.mean(shares), "pairs": len(variances)}
 
 
 class InProcess:
@@ -498,12 +555,13 @@ def regime_report(results: Results, args) -> dict:
     """--regime: does architecture matter at this latency, in this recipe? The random networks'
     spread with the seed noise taken out against one training's seed sd (the benchmark asks
     for 3x before a comparison means anything)."""
-    by_net: dict[tuple, list[float]] = {}
+    by_net: dict[tuple, list[dict]] = {}
     for r in results.done.values():
         if (r["kind"] == "train" and r["role"] == REGIME and r["budget"] == args.regime
                 and r["seed"] in args.seeds):  # a file may hold more seeds than asked
-            by_net.setdefault(tuple(r["ops"]), []).append(100 * r["test_top1"])
-    complete = [v for v in by_net.values() if len(v) == len(args.seeds)]
+            by_net.setdefault(tuple(r["ops"]), []).append(r)
+    networks = [v for v in by_net.values() if len(v) == len(args.seeds)]
+    complete = [[100 * r["test_top1"] for r in v] for v in networks]
     out = {"latency_ms": args.regime, "networks": len(complete), "seeds": list(args.seeds),
            "means": [statistics.mean(v) for v in complete]}
     seed_sd = pooled_sd(complete)
@@ -524,6 +582,12 @@ def regime_report(results: Results, args) -> dict:
               f"one training's seed sd: {seed_sd:.2f} points; ratio "
               + (f"{out['ratio']:.2f}" if out["ratio"] is not None else "- (no seed spread)")
               + " (a comparison with chance needs >= 3)")
+        share = test_set_share(networks)
+        out.update(share)
+        if share:
+            print(f"of the seed sd, the test set alone makes {share['test_set_sd_points']:.2f} points "
+                  f"(two seeds disagree on {share['disagreement']:.1%} of the test images, "
+                  f"{share['pairs']} pairs): a floor for any recipe whose networks disagree as much")
     else:
         print(f"--regime {args.regime:g}: {len(complete)} network(s) trained with every seed so far; "
               f"the spread needs 2 or more (and 2 or more seeds)")

@@ -1,9 +1,12 @@
 """benchmarks/search_quality.py --scale quick: the whole comparison, small, and its resume."""
 
+import base64
 import importlib.util
 import json
 import math
 import os
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -173,13 +176,20 @@ def test_regime_trains_random_networks_of_one_latency_and_no_search(tmp_path, ca
 def test_regime_report_takes_the_seed_noise_out_of_the_spread(tmp_path, capsys):
     # three networks, two seeds each: 80/82, 84/84, 86/88 %. Means 81, 84, 87: variance 9; seed
     # variance pooled (2 + 0 + 2) / 3 = 4/3, of which a two-seed mean holds half: 9 - 2/3
+    # Which of 8 test images each training gets right: the two seeds differ on 2, 0 and 4 of
+    # them, so one training's test-set variance is (2 + 0 + 4) / (2 * 8^2) / 3 = 1/64: sd 12.5 points
     bench = load_benchmark()
+    masks = (((1, 1, 1, 1, 0, 0, 0, 0), (1, 1, 0, 0, 0, 0, 0, 0)),
+             ((1, 0, 1, 0, 1, 0, 1, 0), (1, 0, 1, 0, 1, 0, 1, 0)),
+             ((1, 1, 1, 1, 1, 1, 1, 1), (1, 1, 1, 1, 0, 0, 0, 0)))
     with open(tmp_path / "results.jsonl", "w") as f:
         for n, accs in enumerate(((80, 82), (84, 84), (86, 88))):
             for seed, acc in enumerate(accs):
+                right = base64.b64encode(np.packbits(np.array(masks[n][seed], dtype=bool)).tobytes())
                 f.write(json.dumps({"kind": "train", "job": f"train regime 60 net{n} seed {seed}",
                                     "role": "regime", "budget": 60.0, "ops": [f"net{n}"],
-                                    "seed": seed, "test_top1": acc / 100}) + "\n")
+                                    "seed": seed, "test_top1": acc / 100,
+                                    "test_right": right.decode(), "test_images": 8}) + "\n")
     assert bench.main(["--scale", "quick", "--out", str(tmp_path), "--regime", "60", "--seeds", "0,1",
                        "--report"]) == 0
     regime = json.loads((tmp_path / "regime.json").read_text())
@@ -191,7 +201,10 @@ def test_regime_report_takes_the_seed_noise_out_of_the_spread(tmp_path, capsys):
     # E[range of 3 standard normals] = 3 / sqrt(pi), times the sd of a two-seed mean
     assert abs(regime["range_points"] - 6) < 1e-9
     assert abs(regime["noise_range_points"] - 3 / math.pi ** 0.5 * (2 / 3) ** 0.5) < 1e-6
-    assert "ratio 2.50" in capsys.readouterr().out
+    assert abs(regime["test_set_sd_points"] - 12.5) < 1e-9
+    assert abs(regime["disagreement"] - 0.25) < 1e-12 and regime["pairs"] == 3
+    printed = capsys.readouterr().out
+    assert "ratio 2.50" in printed and "the test set alone makes 12.50 points" in printed
     # a third seed in the file is not one of --seeds 0,1: the same answer
     with open(tmp_path / "results.jsonl", "a") as f:
         f.write(json.dumps({"kind": "train", "job": "train regime 60 net0 seed 2", "role": "regime",
@@ -199,6 +212,28 @@ def test_regime_report_takes_the_seed_noise_out_of_the_spread(tmp_path, capsys):
     assert bench.main(["--scale", "quick", "--out", str(tmp_path), "--regime", "60", "--seeds", "0,1",
                        "--report"]) == 0
     assert json.loads((tmp_path / "regime.json").read_text()) == regime
+
+
+def test_regime_records_which_test_images_each_training_gets_right(tmp_path):
+    from test_arrays import idx_folder  # an MNIST-style folder: a data set with a test split
+    bench = load_benchmark()
+    data = idx_folder(tmp_path / "mnist", n_train=64, n_test=16)
+    out = tmp_path / "regime"
+    assert bench.main(["--scale", "quick", "--out", str(out), "--data", str(data), "--regime", "60",
+                       "--random", "2", "--seeds", "0,1"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        mask = bench.right_mask(r)
+        assert r["scored_on"] == "test" and r["test_images"] == 16 and mask.shape == (16,)
+        assert mask.mean() == r["test_top1"]  # the very weights and images the test top-1 scored
+    regime = json.loads((out / "regime.json").read_text())
+    pairs = {}
+    for r in records:
+        pairs.setdefault(tuple(r["ops"]), []).append(bench.right_mask(r))
+    disagree = [int((a != b).sum()) for a, b in pairs.values()]
+    assert regime["pairs"] == 2
+    assert abs(regime["test_set_sd_points"] - 100 * (sum(disagree) / 2 / (2 * 16 ** 2)) ** 0.5) < 1e-9
 
 
 def test_expected_range_of_normals_matches_known_values():
