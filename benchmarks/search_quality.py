@@ -39,15 +39,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import numpy as np
-import torch
 
 from spnas import Architecture, RuntimeModel
-from spnas import data as datamod
-from spnas.layers import build_child
-from spnas.runs import memory_format
 from spnas.search import SearchConfig, run_search
 from spnas.space import SPNASNET_100, downsample, get_space, random_architecture
-from spnas.train import BEST, TrainConfig, run_train
+from spnas.train import TrainConfig, run_train
 
 REGIME = "regime"  # the role of --regime's random networks
 VM_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "mnasnet-small-28px-vm.json")
@@ -241,30 +237,14 @@ def train_job(args, ops: list[str], seed: int) -> dict:
     record = {"kind": "train", "ops": ops, "seed": seed, "test_top1": test,
               "scored_on": "test" if out["test_top1"] is not None else "validation",
               "val_top1": out["best"]["top1"], "seconds": round(time.time() - started, 1)}
-    if out["test_top1"] is not None:
-        record["test_right"], record["test_images"] = test_right(cfg.run_dir, arch, args)
+    if out["test_right"] is not None:  # for the test set's share of the seed noise (test_set_share)
+        record["test_right"], record["test_images"] = encode_right(out["test_right"]), len(out["test_right"])
     return record
 
 
-def test_right(run_dir: str, arch: Architecture, args) -> tuple[str, int]:
-    """Which test images a finished training's best.pt (the weights its test top-1 scored) gets
-    right: a bitmask in the test split's order, base64, and the number of images. Two seeds'
-    masks say how much of their difference the test set alone makes (test_set_share)."""
-    split = datamod.load(args.data, args.image_size)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
-    fmt = memory_format("auto")
-    net = build_child(arch, num_classes=len(split.classes))
-    net.load_state_dict(torch.load(os.path.join(run_dir, BEST), map_location=device, weights_only=True))
-    net = net.to(device, memory_format=fmt).eval()
-    index = list(range(len(split.test)))
-    right = []
-    with torch.no_grad():
-        for x, y in datamod.loader(split.test, [index[i:i + 256] for i in range(0, len(index), 256)]):
-            logits = net(x.to(device, memory_format=fmt))
-            right.append((logits.topk(1, dim=1).indices[:, 0] == y.to(device)).cpu())
-    bits = np.packbits(torch.cat(right).numpy())
-    return base64.b64encode(bits.tobytes()).decode("ascii"), len(index)
+def encode_right(right) -> str:
+    """A training's per-test-image top-1 hits (run_train's test_right) as a base64 bitmask."""
+    return base64.b64encode(np.packbits(right.numpy()).tobytes()).decode("ascii")
 
 
 def right_mask(record: dict) -> np.ndarray:
@@ -278,7 +258,7 @@ def test_set_share(networks: list[list[dict]]) -> dict:
     one network that get D of N test images right where the other does not, their accuracy
     difference would have variance D / N^2 were they equally good (each such image as likely
     to go either way), D / 2N^2 for one training. Pooled over every pair of seeds of every
-    network whose records hold masks (train_job); {} without any."""
+    network whose records hold masks (train_job's test_right); {} without any."""
     variances, shares = [], []
     for records in networks:
         masks = [right_mask(r) for r in records if "test_right" in r]

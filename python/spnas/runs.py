@@ -332,10 +332,12 @@ def epoch_batches(num_train: int, batch_size: int, ranks: Dist, seed: int, steps
 def evaluate_topk(model: torch.nn.Module, dataset, batch_size: int, device, workers: int = 0,
                   topk: tuple[int, ...] = (1, 5), ranks: Dist | None = None,
                   fmt: torch.memory_format = torch.contiguous_format,
-                  precision: str = "fp32") -> list[float]:
+                  precision: str = "fp32", top1_hits: list | None = None) -> list[float]:
     """Top-k accuracies on `dataset` (k capped at the number of classes), in eval mode.
 
     With `ranks` (every rank calling), each rank scores every world-th image and the counts are summed.
+    `top1_hits`, a list: each batch's per-image top-1 hits (bool, on the device) are appended to
+    it, in this rank's image order.
     """
     model.eval()
     rank, world = (ranks.rank, ranks.world) if ranks is not None else (0, 1)
@@ -349,6 +351,8 @@ def evaluate_topk(model: torch.nn.Module, dataset, batch_size: int, device, work
         hit = logits.topk(min(max(topk), logits.shape[1]), dim=1).indices == y[:, None]
         for i, k in enumerate(topk):
             counts[i] += hit[:, :k].any(1).sum()
+        if top1_hits is not None:
+            top1_hits.append(hit[:, 0])
         counts[-1] += len(y)
     if world > 1:
         dist.all_reduce(counts)

@@ -192,13 +192,15 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
 
     started = time.time()
     steps_done, interrupted = loop.run(split.train, steps_done, metrics, step, end_epoch, save, out)
-    test = None
+    test, test_right = None, None
     if split.test is not None and not interrupted:
         # once, at the end, with the weights the validation split chose
         eval_net.load_state_dict(torch.load(os.path.join(run_dir, BEST), map_location=ranks.device,
                                             weights_only=True))
+        hits = [] if ranks.world == 1 else None  # several ranks: each holds a share of the images
         test = evaluate_topk(eval_net, split.test, 256, ranks.device, cfg.workers, (1, 5), ranks, fmt,
-                             cfg.precision)
+                             cfg.precision, top1_hits=hits)
+        test_right = torch.cat(hits).cpu() if hits else None
         metrics.log({"kind": "test", "step": steps_done, "epoch": best["epoch"],
                      "test_top1": test[0], "test_top5": test[1]})
     metrics.close()
@@ -216,7 +218,8 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
     return {"run_dir": run_dir, "finished": True, "step": steps_done, "best": best,
             "top1": shown["top1"], "top5": shown["top5"], "arch": arch, "image_size": cfg.image_size,
             "num_classes": num_classes, "weights": best_path,
-            "test_top1": test[0] if test else None, "test_top5": test[1] if test else None}
+            "test_top1": test[0] if test else None, "test_top5": test[1] if test else None,
+            "test_right": test_right}  # which test images top-1 gets right (one process only)
 
 
 __all__ = ["DEFAULTS", "TrainConfig", "augment", "run_train"]

@@ -7,6 +7,11 @@ import math
 import os
 
 import numpy as np
+import torch
+
+from spnas import Architecture
+from spnas import data as datamod
+from spnas.layers import build_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -221,12 +226,22 @@ def test_regime_records_which_test_images_each_training_gets_right(tmp_path):
     out = tmp_path / "regime"
     assert bench.main(["--scale", "quick", "--out", str(out), "--data", str(data), "--regime", "60",
                        "--random", "2", "--seeds", "0,1"]) == 0
+    split = datamod.load(str(data), 16)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 4
     for r in records:
         mask = bench.right_mask(r)
         assert r["scored_on"] == "test" and r["test_images"] == 16 and mask.shape == (16,)
         assert mask.mean() == r["test_top1"]  # the very weights and images the test top-1 scored
+        # and image by image, against best.pt rerun on the test split in its order
+        arch = Architecture(r["ops"], "mnasnet")
+        net = build_child(arch, num_classes=len(split.classes))
+        net.load_state_dict(torch.load(out / f"train-{bench.arch_id(arch)}-s{r['seed']}" / "best.pt",
+                                       weights_only=True))
+        with torch.no_grad():
+            logits = net.eval()(torch.stack([split.test[i][0] for i in range(16)]))
+        labels = torch.tensor([int(split.test[i][1]) for i in range(16)])
+        assert (mask == (logits.argmax(1) == labels).numpy()).all()
     regime = json.loads((out / "regime.json").read_text())
     pairs = {}
     for r in records:
