@@ -228,9 +228,10 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
     space = get_space(cfg.space)
     runtime = RuntimeModel.resolve(cfg.runtime_model)
     if runtime.space != space.name or runtime.num_layers != space.num_layers:
-        raise SpnasError(f"--model {cfg.runtime_model}: runtime model is for space {runtime.space!r} "
-                         f"({runtime.num_layers} layers), the search space is {space.name!r} "
-                         f"({space.num_layers} layers)")
+        raise SpnasError(f"--latency-model {cfg.runtime_model}: runtime model is for space "
+                         f"{runtime.space!r} ({runtime.num_layers} layers), the search space is "
+                         f"{space.name!r} ({space.num_layers} layers); measure one with "
+                         f"`spnas profile --space {space.name} --out LUT.json`")
     check_op_backend(cfg.op_backend, ranks.device)
     split = datamod.load(cfg.data, cfg.image_size, cfg.val_fraction, cfg.seed)
     folder.create()

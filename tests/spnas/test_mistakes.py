@@ -37,6 +37,8 @@ def runs(tmp_path_factory):
     (["--op-backend", "cuda"], "--op-backend cuda"),
     (["--image-size", "0"], "--image-size"),
     (["--latency-model", "pixel9"], "pixel9"),
+    # The default latency model is the 20-layer space's: the error names the flag to change.
+    (["--space", "mnasnet-small"], "--latency-model pixel1: runtime model is for space 'mnasnet'"),
 ])
 def test_failing_search_creates_nothing(capsys, tmp_path, argv, expect):
     if "cuda" in argv and "cuda" in spnas_ops.available_backends():
