@@ -1,6 +1,9 @@
 """The in-memory data path of search and train: batches of an array data set (Fashion-MNIST's
 shape: uint8, 1 x 28 x 28, widened to 3 channels) gathered whole by `spnas.data.loader`, against
-torch's DataLoader collating the same images one by one; and the batch augmentation's images/s.
+torch's DataLoader collating the same images one by one; the batch augmentation's images/s; and,
+for scale, one training step (forward, cross-entropy, backward, RMSProp) of the largest and the
+smallest all-layers-kept child of the `mnasnet-small` space on such a batch: whether the data
+path can starve the model.
 
     python benchmarks/bench_data.py                 # 48,000 images, batch 256, 5 rounds
     python benchmarks/bench_data.py --threads 1 --rounds 7
@@ -16,8 +19,11 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
-from spnas import data
+from spnas import Architecture, data
+from spnas.layers import build_child
+from spnas.optim import RMSpropTF
 
 
 def per_batch_ms(make_batches, count: int) -> float:
@@ -27,6 +33,22 @@ def per_batch_ms(make_batches, count: int) -> float:
     return (time.perf_counter() - start) / count * 1e3
 
 
+def training_steps(op: str, x: torch.Tensor, y: torch.Tensor, count: int):
+    """`count` training steps of the mnasnet-small child with `op` in every searchable layer."""
+    model = build_child(Architecture([op] * 12, space="mnasnet-small"), num_classes=10)
+    model = model.to(memory_format=torch.channels_last)
+    opt = RMSpropTF(model.parameters(), lr=1e-4)
+
+    def run():
+        for _ in range(count):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            yield
+    return run
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--batches", type=int, default=40, help="batches timed per round")
+    p.add_argument("--steps", type=int, default=4, help="training steps timed per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
@@ -45,9 +68,10 @@ def main(argv=None) -> int:
         torch.randint(0, 10, (args.images,), generator=g))
     order = torch.randperm(args.images, generator=g).tolist()
     batches = [order[i * args.batch:(i + 1) * args.batch] for i in range(args.batches)]
-    ways = {
-        "DataLoader, image by image": lambda: torch.utils.data.DataLoader(dataset, batch_sampler=batches),
-        "spnas.data.loader, whole batches": lambda: data.loader(dataset, batches),
+    ways = {  # name -> (a function making the batches or steps, how many it makes)
+        "DataLoader, image by image": (
+            lambda: torch.utils.data.DataLoader(dataset, batch_sampler=batches), args.batches),
+        "spnas.data.loader, whole batches": (lambda: data.loader(dataset, batches), args.batches),
     }
     x, _ = next(iter(data.loader(dataset, batches[:1])))
     x = x.contiguous(memory_format=torch.channels_last)
@@ -56,20 +80,30 @@ def main(argv=None) -> int:
         for _ in range(args.batches):
             yield data.augment(x, "flip-crop")
 
-    ways["augment flip-crop (channels_last batch)"] = augmented
+    ways["augment flip-crop (channels_last batch)"] = (augmented, args.batches)
+    x, y = data.augment(x, "flip-crop"), torch.randint(0, 10, (args.batch,), generator=g)
+    for op in ("k5_e6", "k3_e3"):  # the space's most and least costly layer choice
+        ways[f"training step, mnasnet-small all {op}"] = (training_steps(op, x, y, args.steps),
+                                                           args.steps)
     times = {name: [] for name in ways}
     for _ in range(args.rounds):
-        for name, make in ways.items():
-            times[name].append(per_batch_ms(make, args.batches))
+        for name, (make, count) in ways.items():
+            times[name].append(per_batch_ms(make, count))
     first = statistics.median(times["DataLoader, image by image"])
     print(f"# {args.images} images of 1x{args.size}x{args.size} uint8, batch {args.batch}, "
-          f"{args.rounds} rounds of {args.batches} batches, {torch.get_num_threads()} threads")
+          f"{args.rounds} rounds of {args.batches} batches ({args.steps} training steps each), "
+          f"{torch.get_num_threads()} threads")
     print("| way | ms per batch (median) | min-max | images/s | vs DataLoader |")
     print("|---|---:|---:|---:|---:|")
     for name, ts in times.items():
         med = statistics.median(ts)
         ratio = f"{first / med:.1f}x" if "loader" in name.lower() else "-"
         print(f"| {name} | {med:.2f} | {min(ts):.2f}-{max(ts):.2f} | {args.batch / med * 1e3:,.0f} | {ratio} |")
+    feed = (statistics.median(times["spnas.data.loader, whole batches"])
+            + statistics.median(times["augment flip-crop (channels_last batch)"]))
+    steps = [statistics.median(times[f"training step, mnasnet-small all {op}"]) for op in ("k3_e3", "k5_e6")]
+    print(f"\nThe data path (whole batches + augment, {feed:.2f} ms a batch) is "
+          f"{feed / steps[0]:.1%} of the all-k3_e3 step and {feed / steps[1]:.1%} of the all-k5_e6 step.")
     return 0
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -63,9 +64,17 @@ def test_help_imports_no_torch():
 def test_bench_data_prints_its_table():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_data.py"), "--images", "300",
-                           "--batch", "16", "--batches", "3", "--rounds", "2", "--threads", "1"],
+                           "--batch", "16", "--batches", "3", "--steps", "1", "--rounds", "2",
+                           "--threads", "1"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 4  # header, DataLoader, whole batches, augment
+    assert len(rows) == 6  # header, DataLoader, whole batches, augment, two training steps
     assert rows[1].endswith("| 1.0x |") and "spnas.data.loader" in rows[2]
+    assert "all k5_e6" in rows[4] and "all k3_e3" in rows[5]
+    # the last line's shares are the table's medians divided out
+    ms = {row.split(" | ")[0][2:]: float(row.split(" | ")[1]) for row in rows[1:]}
+    feed = ms["spnas.data.loader, whole batches"] + ms["augment flip-crop (channels_last batch)"]
+    last = done.stdout.strip().splitlines()[-1]
+    share = float(re.search(r"is ([0-9.]+)% of the all-k3_e3 step", last).group(1))
+    assert abs(share - 100 * feed / ms["training step, mnasnet-small all k3_e3"]) < 0.1, last
