@@ -9,9 +9,9 @@
 #
 # Each stage has its own time limit, and a stage is skipped once fewer than 30 s are left of
 # GPU_CHECK_SECONDS (default 420), so the summary always prints within the device call.
-# GPU_CHECK_STAGES picks stages (default "build tests gpu_report bench_supernet"; "build
-# quality" runs the search-quality comparison and "build regime" its check that architecture
-# matters at all, both carrying .gpu-data and .gpu-quality); a build
+# GPU_CHECK_STAGES picks stages (default "build tests superkernel_part gpu_report
+# bench_supernet"; "build quality" runs the search-quality comparison and "build regime" its
+# check that architecture matters at all, both carrying .gpu-data and .gpu-quality); a build
 # already installed on a still-warm machine is kept (the first H200 call spent 83 s building).
 # Measured on the H200 (2026-11-28): tests 55 s; gpu_report over 130 s at full size; the
 # supernet bench over 95 s: give each its own call when the budget allows.
@@ -51,7 +51,7 @@ stage() {  # stage NAME LIMIT_SECONDS COMMAND...: log to $OUT/NAME.log, one line
   $py -c "import triton; print('triton', triton.__version__)" 2>&1
 } > "$OUT/machine.log" 2>&1
 
-stages=" ${GPU_CHECK_STAGES:-build tests gpu_report bench_supernet} "
+stages=" ${GPU_CHECK_STAGES:-build tests superkernel_part gpu_report bench_supernet} "
 want() { case "$stages" in *" $1 "*) return 0 ;; esac; return 1; }
 # Kept only if built from these very sources (a warm machine may hold an older build).
 sources=$(find csrc CMakeLists.txt -type f | sort | xargs cat | sha1sum | cut -c1-16)
@@ -69,10 +69,11 @@ if [ "$device" = cuda ]; then
   # The GPU backends' tests (the op matrix's cuda and triton items); -n 8 spreads them (and
   # Triton's compiles) over the cores. The CPU op tests run with GPU_CHECK_CPU_TESTS=1.
   tests="tests/spnas_ops/test_op.py tests/spnas_ops/test_cuda.py tests/spnas_ops/test_triton.py
-         tests/spnas/test_indicator_grad.py"
+         tests/spnas_ops/test_superkernel_weight.py tests/spnas/test_indicator_grad.py"
   select=(-k "not cpu")
   [ "${GPU_CHECK_CPU_TESTS:-0}" = 1 ] && tests=tests/spnas_ops && select=()
   want tests && stage tests 90 $py -m pytest -q -p no:cacheprovider -n 8 -rfs "${select[@]}" $tests
+  want superkernel_part && stage superkernel_part 60 $py benchmarks/bench_superkernel_part.py --device cuda
   want gpu_report && stage gpu_report 300 $py benchmarks/gpu_report.py --compile-budget 25
   want bench_supernet && stage bench_supernet 300 $py benchmarks/bench_supernet.py --device cuda \
     --batch 128 --repeats 3 --search-steps 30 --profile-steps 3 --loader-images 512
@@ -97,18 +98,20 @@ if [ "$device" = cuda ]; then
   fi
 else
   stage tests 300 $py -m pytest -q -p no:cacheprovider tests/spnas_ops
+  stage superkernel_part 60 $py benchmarks/bench_superkernel_part.py --rounds 3 --calls 5
   stage gpu_report 200 $py benchmarks/gpu_report.py --device cpu --quick --compile-budget 20
   stage bench_supernet 200 $py benchmarks/bench_supernet.py --quick
 fi
 
 echo
 cat "$OUT/machine.log"
-for name in tests gpu_report bench_supernet regime quality; do
+for name in tests superkernel_part gpu_report bench_supernet regime quality; do
   [ -f "$OUT/$name.log" ] || continue
   echo
   echo "## $name (last lines of $name.log)"
   case $name in
     tests) grep -E "passed|failed|FAILED|Error" "$OUT/tests.log" | tail -25 ;;
+    superkernel_part) tail -8 "$OUT/superkernel_part.log" ;;
     gpu_report) grep -vE "^  timed" "$OUT/gpu_report.log" | tail -60 ;;
     bench_supernet) grep -vE "^  timed" "$OUT/bench_supernet.log" | tail -45 ;;
     quality) tail -25 "$OUT/quality.log" ;;

@@ -12,4 +12,14 @@ TORCH_LIBRARY(spnas, m) {
   m.def(
       "masked_dwconv_backward(Tensor grad_y, Tensor grad_d, Tensor x, Tensor weight, "
       "Tensor thresholds, Tensor scale, int stride, bool skippable) -> (Tensor, Tensor, Tensor)");
+  // The (C, 25) part alone (csrc/superkernel.h), for a backend that does the convolution
+  // itself (spnas_ops/triton_op.py): w_eff (C, 1, 5, 5) in the accumulation dtype (float64
+  // for float64 weights, else float32) and the decisions d (3,) in thresholds' dtype ...
+  m.def(
+      "superkernel_weight(Tensor weight, Tensor thresholds, Tensor scale, bool skippable) "
+      "-> (Tensor, Tensor)");
+  // ... and its backward: (dL/dw_eff, dL/dd) -> (grad_weight, grad_thresholds).
+  m.def(
+      "superkernel_weight_backward(Tensor grad_w_eff, Tensor grad_d, Tensor weight, "
+      "Tensor thresholds, Tensor scale, bool skippable) -> (Tensor, Tensor)");
 }

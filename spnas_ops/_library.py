@@ -1,9 +1,11 @@
 """Loads the compiled kernels (spnas_ops._C) and registers their fake kernels and autograd.
 
-The C++ library defines the ops `spnas::masked_dwconv` and `spnas::masked_dwconv_backward`
-(schema in csrc/masked_dwconv.cpp) with CPU and, where built, CUDA kernels; the dispatcher
-picks the kernel from the tensors' device. This module adds what torch.compile and autograd
-need on top: shape-only fake kernels and the autograd registration (registration.py).
+The C++ library defines the ops `spnas::masked_dwconv` and `spnas::masked_dwconv_backward`,
+and the (C, 25) part alone, `spnas::superkernel_weight` and `spnas::superkernel_weight_backward`
+(for the Triton backend; schemas in csrc/masked_dwconv.cpp), with CPU and, where built, CUDA
+kernels; the dispatcher picks the kernel from the tensors' device. This module adds what
+torch.compile and autograd need on top: shape-only fake kernels and the autograd registration
+(registration.py).
 """
 
 from __future__ import annotations
@@ -47,3 +49,6 @@ if _LOADED:
     torch.library.register_fake("spnas::masked_dwconv")(registration.fake_forward)
     torch.library.register_fake("spnas::masked_dwconv_backward")(registration.fake_backward)
     registration.register_autograd("spnas::masked_dwconv", torch.ops.spnas.masked_dwconv_backward)
+    torch.library.register_fake("spnas::superkernel_weight")(registration.fake_superkernel_weight)
+    torch.library.register_fake("spnas::superkernel_weight_backward")(
+        registration.fake_superkernel_weight_backward)

@@ -34,6 +34,19 @@ def fake_backward(grad_y, grad_d, x, weight, thresholds, scale, stride, skippabl
             torch.empty_like(thresholds))
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype w_eff and its gradient are kept in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def fake_superkernel_weight(weight, thresholds, scale, skippable):
+    return weight.new_empty(weight.shape, dtype=accumulation_dtype(weight.dtype)), thresholds.new_empty(3)
+
+
+def fake_superkernel_weight_backward(grad_w_eff, grad_d, weight, thresholds, scale, skippable):
+    return torch.empty_like(weight), torch.empty_like(thresholds)
+
+
 def register_autograd(op, backward_op) -> None:
     """Autograd of `op` (x, weight, thresholds, scale, stride, skippable) -> (y, d) through its
     fused `backward_op`; scale, stride and skippable get no gradient."""

@@ -4,9 +4,14 @@
 
 Split of the work (SPEC section 1):
   * The (C, 25)-sized part -- the masked weight w_eff, the decisions d and, in the backward,
-    the gradients of the weight and thresholds from dL/dw_eff and dL/dd -- is plain PyTorch:
-    `reference.masked_weight` in fp32 (fp64 for fp64 inputs), differentiated with
-    torch.func.vjp: the Triton backend derives no formula of its own.
+    the gradients of the weight and thresholds from dL/dw_eff and dL/dd -- derives no formula
+    of its own. Where the compiled library has kernels for x's device, it is the compiled
+    ops' `spnas::superkernel_weight(_backward)` (csrc/superkernel.h; on a GPU the CUDA
+    backend's one-block kernels: one launch forward, two backward). Otherwise it is the
+    oracle's `reference.masked_weight` in fp32 (fp64 for fp64 inputs), differentiated with
+    torch.func.vjp: some sixty small ops forward and a hundred and twenty backward, each
+    dispatched from Python, which cost more than the convolution on every measured shape
+    (docs/gpu.md).
   * The activation-sized part is two Triton kernels. The forward reads x once and writes y once.
     The backward reads x and dy once and writes dx once, plus one fp32 row of dL/dw_eff partial
     sums per program; a fixed-order torch sum over those rows gives dL/dw_eff
@@ -42,8 +47,9 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .registration import (fake_backward, fake_forward, memory_format, output_size,
-                           register_autograd)
+from ._library import compiled_backends
+from .registration import (accumulation_dtype, fake_backward, fake_forward, memory_format,
+                           output_size, register_autograd)
 
 try:  # optional: without Triton, is_available() is False and nothing below is launched
     import triton
@@ -198,10 +204,6 @@ def _kernels(interpret: bool) -> SimpleNamespace:
 
 # --- launchers ------------------------------------------------------------------------------
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _max_offset(t: Tensor) -> int:
     return sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride()))
 
@@ -305,11 +307,40 @@ def _tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-# --- the (C, 25) part: the oracle's formulas, differentiated by torch.func ------------------
+# --- the (C, 25) part: the compiled ops where built for the device, else the oracle ---------
+
+def _compiled_superkernel(device: torch.device) -> bool:
+    return device.type in compiled_backends()
+
 
 def _superkernel_inputs(weight: Tensor, thresholds: Tensor, scale: Tensor):
-    acc = _accumulation_dtype(weight.dtype)
+    acc = accumulation_dtype(weight.dtype)
     return weight.detach().to(acc), thresholds.detach().to(acc), scale.detach().to(acc)
+
+
+def superkernel_weight(weight: Tensor, thresholds: Tensor, scale: Tensor,
+                       skippable: bool) -> tuple[Tensor, Tensor]:
+    """(w_eff in the accumulation dtype, d in thresholds' dtype)."""
+    if _compiled_superkernel(weight.device):
+        return torch.ops.spnas.superkernel_weight(weight, thresholds, scale, skippable)
+    w, t, r = _superkernel_inputs(weight, thresholds, scale)
+    w_eff, d = reference.masked_weight(w, t, r, skippable)
+    return w_eff, d.to(thresholds.dtype)
+
+
+def superkernel_weight_backward(grad_w_eff: Tensor, grad_d: Tensor, weight: Tensor,
+                                thresholds: Tensor, scale: Tensor,
+                                skippable: bool) -> tuple[Tensor, Tensor]:
+    """(dL/dweight, dL/dthresholds) from (dL/dw_eff, dL/dd), in weight's and thresholds' dtypes."""
+    if _compiled_superkernel(weight.device):
+        return torch.ops.spnas.superkernel_weight_backward(grad_w_eff, grad_d, weight, thresholds,
+                                                           scale, skippable)
+    w, t, r = _superkernel_inputs(weight, thresholds, scale)
+    # vjp through the oracle's masked weight: the pullback turns (dL/dw_eff, dL/dd) into
+    # (dL/dweight, dL/dthresholds).
+    _, pullback = torch.func.vjp(lambda w_, t_: reference.masked_weight(w_, t_, r, skippable), w, t)
+    grad_w, grad_t = pullback((grad_w_eff.to(w.dtype), grad_d.detach().to(w.dtype).reshape(3)))
+    return grad_w.to(weight.dtype), grad_t.to(thresholds.dtype)
 
 
 # --- op registration ------------------------------------------------------------------------
@@ -317,9 +348,8 @@ def _superkernel_inputs(weight: Tensor, thresholds: Tensor, scale: Tensor):
 @torch.library.custom_op("spnas::masked_dwconv_triton", mutates_args=())
 def _masked_dwconv_op(x: Tensor, weight: Tensor, thresholds: Tensor, scale: Tensor,
                       stride: int, skippable: bool) -> tuple[Tensor, Tensor]:
-    w, t, r = _superkernel_inputs(weight, thresholds, scale)
-    w_eff, d = reference.masked_weight(w, t, r, skippable)
-    return launch_forward(x, w_eff, stride), d.to(thresholds.dtype)
+    w_eff, d = superkernel_weight(weight, thresholds, scale, skippable)
+    return launch_forward(x, w_eff, stride), d
 
 
 _masked_dwconv_op.register_fake(fake_forward)
@@ -329,14 +359,11 @@ _masked_dwconv_op.register_fake(fake_forward)
 def _masked_dwconv_backward_op(grad_y: Tensor, grad_d: Tensor, x: Tensor, weight: Tensor,
                                thresholds: Tensor, scale: Tensor, stride: int,
                                skippable: bool) -> tuple[Tensor, Tensor, Tensor]:
-    w, t, r = _superkernel_inputs(weight, thresholds, scale)
-    # vjp through the oracle's masked weight: the primal gives w_eff for the kernel, the
-    # pullback turns (dL/dw_eff, dL/dd) into (dL/dweight, dL/dthresholds).
-    (w_eff, _), pullback = torch.func.vjp(
-        lambda w_, t_: reference.masked_weight(w_, t_, r, skippable), w, t)
+    w_eff, _ = superkernel_weight(weight, thresholds, scale, skippable)
     dx, grad_w_eff = launch_backward(grad_y, x, w_eff, stride)
-    grad_w, grad_t = pullback((grad_w_eff, grad_d.detach().to(w.dtype).reshape(3)))
-    return dx, grad_w.to(weight.dtype), grad_t.to(thresholds.dtype)
+    grad_w, grad_t = superkernel_weight_backward(grad_w_eff, grad_d, weight, thresholds, scale,
+                                                 skippable)
+    return dx, grad_w, grad_t
 
 
 _masked_dwconv_backward_op.register_fake(fake_backward)

@@ -132,6 +132,21 @@ struct HostSuperkernel {
     spnas::effective_weight(w.data(), state, w_eff.data(), walk);
     return w_eff;
   }
+  at::Tensor decisions(const at::Tensor& thresholds) const {
+    return at::tensor(std::vector<double>(state.d, state.d + 3), at::kDouble)
+        .to(thresholds.scalar_type());
+  }
+  // The epilogue: dL/dw_eff ((C, 25) doubles) and dL/dd -> (grad_weight, grad_thresholds).
+  std::tuple<at::Tensor, at::Tensor> gradients(const std::vector<double>& g_eff,
+                                               const at::Tensor& grad_d, const at::Tensor& weight,
+                                               const at::Tensor& thresholds) {
+    const std::vector<double> g_d = to_double_vector(grad_d);
+    std::vector<double> g_w(w.size()), g_t(3);
+    superkernel_backward(w.data(), state, g_eff.data(), g_d.data(), g_w.data(),
+                         [&](int k, double v) { g_t[k] = v; }, walk);
+    return {at::tensor(g_w, at::kDouble).view(weight.sizes()).to(weight.scalar_type()),
+            at::tensor(g_t, at::kDouble).to(thresholds.scalar_type())};
+  }
 };
 
 std::tuple<at::Tensor, at::Tensor> masked_dwconv_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -144,8 +159,7 @@ std::tuple<at::Tensor, at::Tensor> masked_dwconv_cpu(const at::Tensor& x, const 
       {x.size(0), x.size(1), output_size(x.size(2), stride), output_size(x.size(3), stride)},
       x.options().memory_format(output_memory_format(x)));
   if (y.numel() > 0) kernels().forward(x, y, stride, sk.effective_weight().data());
-  const double* d = sk.state.d;
-  return {y, at::tensor(std::vector<double>(d, d + 3), at::kDouble).to(thresholds.scalar_type())};
+  return {y, sk.decisions(thresholds)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cpu(
@@ -166,12 +180,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cpu(
   std::vector<double> g_eff(sk.w.size(), 0.0);
   if (x.numel() > 0)
     kernels().backward(grad_y, x, dx, stride, sk.effective_weight().data(), g_eff.data());
-  const std::vector<double> g_d = to_double_vector(grad_d);
-  std::vector<double> g_w(sk.w.size()), g_t(3);
-  superkernel_backward(sk.w.data(), sk.state, g_eff.data(), g_d.data(), g_w.data(),
-                       [&](int k, double v) { g_t[k] = v; }, sk.walk);
-  at::Tensor dw = at::tensor(g_w, at::kDouble).view(weight.sizes()).to(weight.scalar_type());
-  return {dx, dw, at::tensor(g_t, at::kDouble).to(thresholds.scalar_type())};
+  auto [dw, dt] = sk.gradients(g_eff, grad_d, weight, thresholds);
+  return {dx, dw, dt};
+}
+
+// The (C, 25) part alone (schema in csrc/masked_dwconv.cpp): w_eff in the accumulation dtype.
+std::tuple<at::Tensor, at::Tensor> superkernel_weight_cpu(const at::Tensor& weight,
+                                                          const at::Tensor& thresholds,
+                                                          const at::Tensor& scale, bool skippable) {
+  check_superkernel("superkernel_weight", weight, thresholds, scale);
+  HostSuperkernel sk(weight, thresholds, scale, skippable);
+  const at::ScalarType acc = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor w_eff = at::tensor(sk.effective_weight(), at::kDouble).view(weight.sizes()).to(acc);
+  return {w_eff, sk.decisions(thresholds)};
+}
+
+std::tuple<at::Tensor, at::Tensor> superkernel_weight_backward_cpu(
+    const at::Tensor& grad_w_eff, const at::Tensor& grad_d, const at::Tensor& weight,
+    const at::Tensor& thresholds, const at::Tensor& scale, bool skippable) {
+  check_superkernel("superkernel_weight_backward", weight, thresholds, scale);
+  check_superkernel_grads(grad_w_eff, grad_d, weight);
+  HostSuperkernel sk(weight, thresholds, scale, skippable);
+  return sk.gradients(to_double_vector(grad_w_eff), grad_d, weight, thresholds);
 }
 
 std::string cpu_capability() {
@@ -194,6 +224,8 @@ int64_t parallel_threads() {
 TORCH_LIBRARY_IMPL(spnas, CPU, m) {
   m.impl("masked_dwconv", &masked_dwconv_cpu);
   m.impl("masked_dwconv_backward", &masked_dwconv_backward_cpu);
+  m.impl("superkernel_weight", &superkernel_weight_cpu);
+  m.impl("superkernel_weight_backward", &superkernel_weight_backward_cpu);
 }
 
 // cpu_capability: which instruction set the CPU kernels run with here ("default", "avx2" or

@@ -11,6 +11,8 @@
 //   superkernel_epilogue  one block: superkernel.h's backward, dL/dw_eff -> dL/dweight and
 //                         dL/dthresholds.
 //
+// superkernel_weight(_backward) run the one-block kernels alone, for the Triton backend.
+//
 // Few launches and no host round trip are the point: an earlier version ran the (C, 25) part
 // as some forty small ATen ops and was slower than the eager reference on every shape
 // (docs/gpu.md).
@@ -131,6 +133,18 @@ Prepared prepare(const at::Tensor& weight, const at::Tensor& thresholds, const a
   return p;
 }
 
+// g_eff = dL/dw_eff (C * 25 doubles) and gd = dL/dd (3) -> g_w = dL/dweight, g_t = dL/dthresholds.
+template <typename scalar_t>
+void epilogue(const at::Tensor& g_eff, const at::Tensor& weight, const Prepared& p,
+              const at::Tensor& gd, at::Tensor& g_w, at::Tensor& g_t, cudaStream_t stream) {
+  const at::Tensor w = weight.contiguous();
+  superkernel_epilogue<scalar_t><<<1, kSmallThreads, 0, stream>>>(
+      g_eff.const_data_ptr<double>(), w.const_data_ptr<scalar_t>(), p.state_ptr(),
+      gd.const_data_ptr<scalar_t>(), g_w.mutable_data_ptr<scalar_t>(),
+      g_t.mutable_data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // --- the ops --------------------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> masked_dwconv_cuda(const at::Tensor& x, const at::Tensor& weight,
@@ -214,14 +228,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cuda(
                                           g_eff.mutable_data_ptr<double>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
-        const at::Tensor w = weight.contiguous();
-        superkernel_epilogue<scalar_t><<<1, kSmallThreads, 0, stream>>>(
-            g_eff.const_data_ptr<double>(), w.const_data_ptr<scalar_t>(), p.state_ptr(),
-            gd.const_data_ptr<scalar_t>(), g_w.mutable_data_ptr<scalar_t>(),
-            g_t.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        epilogue<scalar_t>(g_eff, weight, p, gd, g_w, g_t, stream);
       });
   return {dx, g_w, g_t};
+}
+
+// The (C, 25) part alone, for the Triton backend: the prepare kernel, and prepare + epilogue.
+std::tuple<at::Tensor, at::Tensor> superkernel_weight_cuda(const at::Tensor& weight,
+                                                           const at::Tensor& thresholds,
+                                                           const at::Tensor& scale, bool skippable) {
+  check_superkernel("superkernel_weight", weight, thresholds, scale);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, weight.scalar_type(), "superkernel_weight_cuda", [&] {
+        const Prepared p = prepare<scalar_t>(weight, thresholds, scale, skippable, stream);
+        out = {p.w_eff.view(weight.sizes()), p.decisions};
+      });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> superkernel_weight_backward_cuda(
+    const at::Tensor& grad_w_eff, const at::Tensor& grad_d, const at::Tensor& weight,
+    const at::Tensor& thresholds, const at::Tensor& scale, bool skippable) {
+  check_superkernel("superkernel_weight_backward", weight, thresholds, scale);
+  check_superkernel_grads(grad_w_eff, grad_d, weight);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor g_eff = grad_w_eff.to(at::kDouble).contiguous();
+  const at::Tensor gd = grad_d.reshape({3}).to(weight.scalar_type()).contiguous();
+  at::Tensor g_w = at::empty(weight.sizes(), weight.options());
+  at::Tensor g_t = at::empty({3}, thresholds.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, weight.scalar_type(), "superkernel_weight_backward_cuda", [&] {
+        const Prepared p = prepare<scalar_t>(weight, thresholds, scale, skippable, stream);
+        epilogue<scalar_t>(g_eff, weight, p, gd, g_w, g_t, stream);
+      });
+  return {g_w, g_t};
 }
 
 }  // namespace
@@ -229,6 +273,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_dwconv_backward_cuda(
 TORCH_LIBRARY_IMPL(spnas, CUDA, m) {
   m.impl("masked_dwconv", &masked_dwconv_cuda);
   m.impl("masked_dwconv_backward", &masked_dwconv_backward_cuda);
+  m.impl("superkernel_weight", &superkernel_weight_cuda);
+  m.impl("superkernel_weight_backward", &superkernel_weight_backward_cuda);
 }
 
 }  // namespace spnas::cuda

@@ -78,3 +78,17 @@ def test_bench_data_prints_its_table():
     last = done.stdout.strip().splitlines()[-1]
     share = float(re.search(r"is ([0-9.]+)% of the all-k3_e3 step", last).group(1))
     assert abs(share - 100 * feed / ms["training step, mnasnet-small all k3_e3"]) < 0.1, last
+
+
+def test_bench_superkernel_part_prints_its_table():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_superkernel_part.py"),
+                           "--rounds", "2", "--calls", "2", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| 96", "| 144", "| 240", "| 480", "| 1152"]
+    for row in rows[1:]:  # the ratio is the two medians divided
+        compiled, oracle, ratio = (float(re.match(r"[0-9.]+", cell.strip()).group())
+                                   for cell in row.split(" | ")[1:4])
+        assert abs(oracle / compiled - ratio) <= 0.05 * ratio + 0.1, row

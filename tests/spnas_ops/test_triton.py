@@ -7,6 +7,8 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
+import torch  # noqa: E402
+
 import spnas_ops  # noqa: E402
 from spnas_ops import triton_op  # noqa: E402
 
@@ -48,3 +50,42 @@ def test_kernels_compile_for_sm90(monkeypatch):
         source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
         compiled = triton.compile(source, target=target, options={"num_warps": warps})
         assert compiled.asm["cubin"]
+
+
+def _triton_backend():
+    from superkernel_cases import backends_under_test
+    return next(b for b in backends_under_test() if b.name == "triton")
+
+
+def test_superkernel_part_runs_compiled_where_built(monkeypatch):
+    """Where the compiled library has kernels for the device, the (C, 25) part is its one or
+    two launches, never the oracle's torch.func.vjp (a hundred small ops per backward)."""
+    from superkernel_cases import make_case, run_backend, running
+    backend = _triton_backend()
+    if backend.device not in spnas_ops.available_backends():
+        pytest.skip(f"the compiled library has no {backend.device} kernels here")
+    calls = []
+    real = torch.ops.spnas.superkernel_weight_backward
+    monkeypatch.setattr(torch.func, "vjp", lambda *a, **k: pytest.fail("the oracle's vjp ran"))
+    monkeypatch.setattr(triton_op.torch.ops.spnas, "superkernel_weight_backward",
+                        lambda *a: calls.append(1) or real(*a), raising=False)
+    with running(backend):
+        run_backend(make_case((2, 4, 7, 6), device=backend.device, seed=3), backend.name)
+    assert calls, "the compiled backward of the (C, 25) part was not called"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_without_the_compiled_library_the_oracle_serves(monkeypatch, stride):
+    """A build without kernels for the device (e.g. no CUDA toolkit at install time): the (C, 25)
+    part falls back to the oracle's formulas through torch.func.vjp, checked like any backend."""
+    from superkernel_cases import VARIANTS, assert_matches_oracle, make_case, running
+    backend = _triton_backend()
+    monkeypatch.setattr(triton_op, "_compiled_superkernel", lambda device: False)
+    monkeypatch.setattr(torch.ops.spnas, "superkernel_weight",
+                        lambda *a: pytest.fail("the compiled op ran"), raising=False)
+    with running(backend):
+        for i, (decisions, skippable, with_scale) in enumerate(VARIANTS[:3]):
+            case = make_case((2, 4, 7, 6), stride=stride, channels_last=bool(i % 2),
+                             device=backend.device, decisions=decisions, skippable=skippable,
+                             with_scale=with_scale, seed=10 + i)
+            assert_matches_oracle(case, backend.name)

@@ -1,0 +1,94 @@
+"""The (C, 25) part of one fwd+bwd call of the Triton backend, both ways it can run: the compiled
+ops `spnas::superkernel_weight(_backward)` (csrc/superkernel.h) and the oracle's
+`reference.masked_weight` with its `torch.func.vjp` pullback (the fallback where the compiled
+library has no kernels for the device). No convolution: only what a call pays whatever its
+batch, at the channel counts of the paper's stages.
+
+    python benchmarks/bench_superkernel_part.py                  # CPU, fp32
+    python benchmarks/bench_superkernel_part.py --device cuda    # on a GPU (synchronised)
+
+Rounds interleave the two ways; the table gives the median microseconds per call, p10-p90,
+and the ratio of the medians, all from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from spnas_ops import triton_op
+
+STAGE_CHANNELS = (96, 144, 240, 480, 1152)  # the depthwise widths at 112, 56, 28, 14 and 7 px
+
+
+def one_call(device: torch.device, channels: int, compiled: bool):
+    g = torch.Generator().manual_seed(channels)
+    weight = (0.3 * torch.randn(channels, 1, 5, 5, generator=g)).to(device)
+    thresholds, scale = torch.full((3,), 0.5, device=device), torch.ones(3, device=device)
+    grad_w_eff = torch.randn(channels, 1, 5, 5, generator=g).to(device)
+    grad_d = torch.randn(3, generator=g).to(device)
+    real = triton_op._compiled_superkernel
+
+    def run():
+        triton_op._compiled_superkernel = lambda _: compiled
+        try:  # what the Triton op does: w_eff forward, and again in the backward before the epilogue
+            for _ in range(2):
+                triton_op.superkernel_weight(weight, thresholds, scale, True)
+            triton_op.superkernel_weight_backward(grad_w_eff, grad_d, weight, thresholds, scale, True)
+        finally:
+            triton_op._compiled_superkernel = real
+    return run
+
+
+def per_call_us(run, calls: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--calls", type=int, default=50, help="calls timed per round")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if not triton_op._compiled_superkernel(device):
+        raise SystemExit(f"bench_superkernel_part: the compiled library has no {device.type} "
+                         f"kernels here; build it: pip install --no-build-isolation -e .")
+    print(f"# (C, 25) part of one fwd+bwd call, fp32, {device}, {args.rounds} rounds of "
+          f"{args.calls} calls, {torch.get_num_threads()} threads")
+    print("| C | compiled ops us (p10-p90) | oracle + torch.func.vjp us (p10-p90) | ratio |")
+    print("|---:|---:|---:|---:|")
+    for channels in STAGE_CHANNELS:
+        ways = {compiled: one_call(device, channels, compiled) for compiled in (True, False)}
+        for run in ways.values():
+            run()  # warm-up
+        times = {compiled: [] for compiled in ways}
+        for _ in range(args.rounds):
+            for compiled, run in ways.items():
+                times[compiled].append(per_call_us(run, args.calls, device))
+        cells = []
+        for compiled in (True, False):
+            ts = sorted(times[compiled])
+            deciles = statistics.quantiles(ts, n=10) if len(ts) > 1 else [ts[0]] * 9
+            cells.append(f"{statistics.median(ts):.0f} ({deciles[0]:.0f}-{deciles[-1]:.0f})")
+        ratio = statistics.median(times[False]) / statistics.median(times[True])
+        print(f"| {channels} | {cells[0]} | {cells[1]} | {ratio:.1f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
