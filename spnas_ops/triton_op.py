@@ -7,7 +7,7 @@ Split of the work (SPEC section 1):
     the gradients of the weight and thresholds from dL/dw_eff and dL/dd -- derives no formula
     of its own. Where the compiled library has kernels for x's device, it is the compiled
     ops' `spnas::superkernel_weight(_backward)` (csrc/superkernel.h; on a GPU the CUDA
-    backend's one-block kernels: one launch forward, two backward). Otherwise it is the
+    backend's one-block kernels: one launch forward, three backward). Otherwise it is the
     oracle's `reference.masked_weight` in fp32 (fp64 for fp64 inputs), differentiated with
     torch.func.vjp: some sixty small ops forward and a hundred and twenty backward, each
     dispatched from Python, which cost more than the convolution on every measured shape
@@ -328,19 +328,26 @@ def superkernel_weight(weight: Tensor, thresholds: Tensor, scale: Tensor,
     return w_eff, d.to(thresholds.dtype)
 
 
-def superkernel_weight_backward(grad_w_eff: Tensor, grad_d: Tensor, weight: Tensor,
-                                thresholds: Tensor, scale: Tensor,
-                                skippable: bool) -> tuple[Tensor, Tensor]:
-    """(dL/dweight, dL/dthresholds) from (dL/dw_eff, dL/dd), in weight's and thresholds' dtypes."""
+def superkernel_vjp(weight: Tensor, thresholds: Tensor, scale: Tensor, skippable: bool):
+    """(w_eff, pullback) with pullback(dL/dw_eff, dL/dd) -> (dL/dweight, dL/dthresholds) in
+    weight's and thresholds' dtypes."""
     if _compiled_superkernel(weight.device):
-        return torch.ops.spnas.superkernel_weight_backward(grad_w_eff, grad_d, weight, thresholds,
-                                                           scale, skippable)
+        w_eff, _ = torch.ops.spnas.superkernel_weight(weight, thresholds, scale, skippable)
+
+        def compiled(grad_w_eff: Tensor, grad_d: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.ops.spnas.superkernel_weight_backward(grad_w_eff, grad_d, weight,
+                                                               thresholds, scale, skippable)
+        return w_eff, compiled
     w, t, r = _superkernel_inputs(weight, thresholds, scale)
-    # vjp through the oracle's masked weight: the pullback turns (dL/dw_eff, dL/dd) into
-    # (dL/dweight, dL/dthresholds).
-    _, pullback = torch.func.vjp(lambda w_, t_: reference.masked_weight(w_, t_, r, skippable), w, t)
-    grad_w, grad_t = pullback((grad_w_eff.to(w.dtype), grad_d.detach().to(w.dtype).reshape(3)))
-    return grad_w.to(weight.dtype), grad_t.to(thresholds.dtype)
+    # vjp through the oracle's masked weight: the primal gives w_eff for the kernel, the
+    # pullback turns (dL/dw_eff, dL/dd) into (dL/dweight, dL/dthresholds).
+    (w_eff, _), pullback = torch.func.vjp(
+        lambda w_, t_: reference.masked_weight(w_, t_, r, skippable), w, t)
+
+    def oracle(grad_w_eff: Tensor, grad_d: Tensor) -> tuple[Tensor, Tensor]:
+        grad_w, grad_t = pullback((grad_w_eff.to(w.dtype), grad_d.detach().to(w.dtype).reshape(3)))
+        return grad_w.to(weight.dtype), grad_t.to(thresholds.dtype)
+    return w_eff, oracle
 
 
 # --- op registration ------------------------------------------------------------------------
@@ -359,10 +366,9 @@ _masked_dwconv_op.register_fake(fake_forward)
 def _masked_dwconv_backward_op(grad_y: Tensor, grad_d: Tensor, x: Tensor, weight: Tensor,
                                thresholds: Tensor, scale: Tensor, stride: int,
                                skippable: bool) -> tuple[Tensor, Tensor, Tensor]:
-    w_eff, _ = superkernel_weight(weight, thresholds, scale, skippable)
+    w_eff, pullback = superkernel_vjp(weight, thresholds, scale, skippable)
     dx, grad_w_eff = launch_backward(grad_y, x, w_eff, stride)
-    grad_w, grad_t = superkernel_weight_backward(grad_w_eff, grad_d, weight, thresholds, scale,
-                                                 skippable)
+    grad_w, grad_t = pullback(grad_w_eff, grad_d)
     return dx, grad_w, grad_t
 
 
