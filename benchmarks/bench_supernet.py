@@ -42,7 +42,8 @@ import torch.nn.functional as F
 import spnas_ops
 from spnas import Architecture, SinglePathSuperNet
 from spnas.layers import build_child
-from spnas.optim import EMA, RMSpropTF
+from spnas.optim import EMA, RMSpropTF, add_weight_decay
+from spnas.runs import decay_parameters
 from spnas.runtime import RuntimeModel
 from spnas.space import SPNASNET_100
 
@@ -153,6 +154,7 @@ def search_loop(args, device, clock, dtype, fmt, backend):
     runtime = RuntimeModel.resolve("pixel1")
     opt = RMSpropTF(net.parameters(), lr=1e-4)
     ema = EMA(net, 0.9999)
+    decay = decay_parameters(net)
     batches = [(torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
                 .contiguous(memory_format=fmt), torch.randint(0, 1000, (args.batch,), device=device))
                for _ in range(2)]
@@ -165,9 +167,10 @@ def search_loop(args, device, clock, dtype, fmt, backend):
         loss = loss + 0.02 * torch.log(net.runtime(runtime))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        add_weight_decay(decay, 4e-5)
         opt.step()
         ema.update(net)
-        runtime.predict(net.derive())
+        runtime.predict(net.derive())  # the --target-ms controller's read-back, every step
 
     for i in range(args.warmup):
         step(i)

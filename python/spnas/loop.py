@@ -9,6 +9,7 @@ its own end-of-epoch work.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,10 +20,17 @@ from .optim import learning_rate
 from .runs import Dist, MetricsLog, StopFlag, check_finite, epoch_batches, progress_bar
 
 
+# The progress bar's postfix (loss, latency) is refreshed at most this often: computing it every
+# step cost a device synchronisation and, in the search, ~1,000 small ops a step (docs/gpu.md).
+POSTFIX_SECONDS = 1.0
+
+
 @dataclass
 class Step:
     """What a training step hands back. `log` and `postfix` are called only when their values
-    are shown (reading a loss synchronizes with the device)."""
+    are shown (reading a loss synchronizes with the device; the search's postfix also derives
+    the architecture, hundreds of small ops): `log` every `log_every` steps, `postfix` at most
+    once every POSTFIX_SECONDS."""
     loss: torch.Tensor
     log: Callable[[], dict]
     postfix: Callable[[], dict]
@@ -49,6 +57,7 @@ class Loop:
         interrupted run is saved before this returns."""
         cfg, ranks = self.cfg, self.ranks
         bar = progress_bar(ranks.main and cfg.progress, self.total_steps, steps_done, self.command)
+        postfix_due = 0.0  # time.monotonic() from which the bar's postfix is refreshed
         interrupted = False
         with StopFlag() as stop:
             while steps_done < self.total_steps and not interrupted:
@@ -69,8 +78,10 @@ class Loop:
                                      "epoch": steps_done / self.steps_per_epoch, "lr": lr,
                                      **result.log()})
                     if bar is not None:
+                        if time.monotonic() >= postfix_due:
+                            bar.set_postfix(result.postfix(), refresh=False)
+                            postfix_due = time.monotonic() + max(POSTFIX_SECONDS, bar.mininterval)
                         bar.update(1)
-                        bar.set_postfix(**result.postfix())
                     if stop.now(ranks, steps_done, cfg.stop_after_step):
                         interrupted = True
                         break

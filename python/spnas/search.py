@@ -2,6 +2,7 @@
 
 loss = CE(label smoothing) + wd * sum(w^2)/2 over non-BN parameters (thresholds included)
        + lambda * lambda_scale * ln(R_ms)
+(the L2 term's gradient added after backward in one op, `optim.add_weight_decay`);
 RMSProp (TF semantics), lr = lr_per_256 * global_batch / 256, x lr_decay every lr_decay_epochs;
 EMA of the weights for evaluation; for the first `dropout_epochs` epochs lambda is 0 and the
 indicators are dropped out (keep p, kept ones scaled by 1/p). The architecture is the hard
@@ -35,7 +36,7 @@ import spnas_ops
 
 from . import data as datamod
 from .errors import SpnasError
-from .optim import EMA, RMSpropTF
+from .optim import EMA, RMSpropTF, add_weight_decay, l2_penalty
 from .config import SearchConfig
 from .runtime import RuntimeModel
 from .space import get_space
@@ -307,7 +308,6 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         with autocast(cfg.precision, ranks.device):
             logits = model(x, scale)
             ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        wd = cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
         expected_ms = net.runtime(runtime, cfg.formula)
         if searching and controller is not None:
             # lambda from the architecture the step starts with (identical on every rank)
@@ -320,9 +320,10 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         lam_now = state["lam"] if searching else 0.0
         target_now = ({"target_ms": controller.target(steps_done - phase_start)}
                       if searching and controller is not None else {})
-        loss = ce + wd + lam_now * cfg.lambda_scale * torch.log(expected_ms)
+        loss = ce + lam_now * cfg.lambda_scale * torch.log(expected_ms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        add_weight_decay(decay_params, cfg.weight_decay)
         opt.step()
         if searching and controller is not None and cfg.threshold_reach is not None:
             clamp_thresholds(net, cfg.threshold_reach)
@@ -331,7 +332,10 @@ def _run(cfg: SearchConfig, resume: bool, ranks: Dist, out) -> dict:
         # when a log line or the progress bar shows it, once per step
         hard_ms = functools.cache(lambda: runtime.predict(net.derive()))
         return Step(loss,
-                    lambda: {"lambda": lam_now, **target_now, "ce": ce.item(), "loss": loss.item(),
+                    # the logged loss's L2 term is the weights' after the step (before it,
+                    # it would cost every step what add_weight_decay saves)
+                    lambda: {"lambda": lam_now, **target_now, "ce": ce.item(),
+                             "loss": (loss + l2_penalty(decay_params, cfg.weight_decay)).item(),
                              "expected_ms": expected_ms.item(), "latency_ms": hard_ms(),
                              "train_acc": (logits.argmax(1) == y).float().mean().item()},
                     lambda: {"ce": f"{ce.item():.3f}", "ms": f"{hard_ms():.1f}", "lam": f"{lam_now:.3g}"})

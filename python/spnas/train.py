@@ -1,6 +1,7 @@
 """Train a found child network from scratch: MnasNet's final-training recipe, as the authors ran it.
 
-loss = CE(label smoothing 0.1) + wd * sum(w^2)/2 over non-BN parameters; dropout before the
+loss = CE(label smoothing 0.1) + wd * sum(w^2)/2 over non-BN parameters (the second term's
+gradient added after backward, `optim.add_weight_decay`); dropout before the
 classifier; RMSProp (TF semantics: decay 0.9, momentum 0.9, eps 1e-3), lr = lr_per_256 *
 global_batch / 256 after a linear warm-up, x0.97 every 2.4 epochs; the EMA of the weights is what
 is evaluated (top-1/top-5 on the held-out split each epoch) and exported.
@@ -28,7 +29,7 @@ from .data import augment
 from .errors import SpnasError
 from .io import atomic_torch_save
 from .layers import build_child
-from .optim import EMA, RMSpropTF
+from .optim import EMA, RMSpropTF, add_weight_decay, l2_penalty
 from .space import Architecture
 from .loop import Loop, Step
 from .runs import (
@@ -157,13 +158,15 @@ def _run(arch, cfg: TrainConfig, resume: bool, ranks: Dist, out) -> dict:
         with autocast(cfg.precision, ranks.device):
             logits = model(x)
             ce = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        loss = ce + cfg.weight_decay * 0.5 * sum(p.pow(2).sum() for p in decay_params)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        ce.backward()
+        add_weight_decay(decay_params, cfg.weight_decay)
         opt.step()
         ema.update(net)
-        return Step(loss,
-                    lambda: {"ce": ce.item(), "loss": loss.item(),
+        # the logged loss's L2 term is the weights' after the step (see search.py)
+        return Step(ce,
+                    lambda: {"ce": ce.item(),
+                             "loss": (ce + l2_penalty(decay_params, cfg.weight_decay)).item(),
                              "train_acc": (logits.argmax(1) == y).float().mean().item()},
                     lambda: {"ce": f"{ce.item():.3f}", "lr": f"{lr:.3g}",
                              "top1": f"{shown['top1']:.3f}" if shown["top1"] is not None else "-"})

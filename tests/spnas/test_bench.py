@@ -92,3 +92,16 @@ def test_bench_superkernel_part_prints_its_table():
         compiled, oracle, ratio = (float(re.match(r"[0-9.]+", cell.strip()).group())
                                    for cell in row.split(" | ")[1:4])
         assert abs(oracle / compiled - ratio) <= 0.05 * ratio + 0.1, row
+
+
+def test_bench_search_step_times_the_real_loop():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_search_step.py"),
+                           "--epochs", "2", "--dropout-epochs", "1", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    m = re.match(r"search iteration: median ([0-9.]+) ms \(p10-p90 ([0-9.]+)-([0-9.]+)\) over (\d+) of (\d+) steps", line)
+    assert m, line
+    median, p10, p90, timed, steps = (float(v) for v in m.groups())
+    assert 0 < p10 <= median <= p90 and 0 < timed < steps  # the first steps and epoch ends left out

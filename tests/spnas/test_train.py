@@ -165,3 +165,41 @@ def test_ema_averages_parameters_and_copies_buffers():
         else:  # running_mean, running_var, num_batches_tracked
             assert torch.equal(ema.shadow[k], v) and ema.shadow[k].dtype == v.dtype
     assert ema.shadow["1.num_batches_tracked"].item() == 1
+
+
+def test_weight_decay_after_backward_is_the_l2_terms_gradient():
+    """add_weight_decay gives the gradient autograd gives the loss term weight_decay/2 * sum(p^2),
+    a parameter without a gradient this step included; l2_penalty is that term's value."""
+    from spnas.optim import add_weight_decay, l2_penalty
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=g, requires_grad=True) for s in ((4, 3), (5,), (2, 1, 5, 5))]
+    wd = 4e-5 * 1000  # large enough that a missing or doubled term shows
+    x = torch.randn(3, generator=g)
+
+    def data_loss():  # the last tensor gets no gradient from it
+        return (params[0] @ x).sin().sum() + params[1].pow(3).sum()
+
+    (data_loss() + wd * 0.5 * sum(p.pow(2).sum() for p in params)).backward()
+    want = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    data_loss().backward()
+    assert params[2].grad is None
+    add_weight_decay(params, wd)
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-6, atol=1e-7)
+    term = wd * 0.5 * sum(p.detach().pow(2).sum() for p in params)
+    torch.testing.assert_close(l2_penalty(params, wd), term)
+    assert not l2_penalty(params, wd).requires_grad
+
+
+def test_progress_postfix_is_not_computed_every_step(tmp_path, arch_file, monkeypatch):
+    """The bar's postfix (a device sync; in the search a derive of hundreds of ops) is refreshed
+    at most once a POSTFIX_SECONDS, not every step: in this short run, once."""
+    import tqdm
+    calls = []
+    real = tqdm.tqdm.set_postfix
+    monkeypatch.setattr(tqdm.tqdm, "set_postfix", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    monkeypatch.setattr("spnas.loop.POSTFIX_SECONDS", 3600.0)
+    result = run_train(arch_file, tiny_config(tmp_path / "run", progress=True))
+    assert result["finished"] and len(calls) == 1
