@@ -29,6 +29,28 @@ def decisions_from_margins(margins: torch.Tensor, skippable: torch.Tensor) -> to
     return d.long()
 
 
+@torch.no_grad()
+def indicator_margins(weights: list[torch.Tensor], thresholds: torch.Tensor) -> torch.Tensor:
+    """(L, 3) float64 margins ||.|| - t of L layers' three indicators without dropout, from their
+    (C, 1, 5, 5) `weights` and (L, 3) `thresholds`: what `spnas_ops.reference.indicator_margins`
+    computes layer by layer (the oracle; tests hold the two together), in ~3 ops a layer and a
+    dozen for all, not ~50 a layer. A search's latency phase reads them every step (the
+    lambda controller and the threshold clamp), where a step on a GPU is bound by the host.
+
+    Each layer's squares are summed over the channels of each half (lo: e3, hi: e6) per tap,
+    then over the inner 3x3 and the outer ring: the e6 and e3 norms hold the ring while the
+    kernel decision is on. In float64, as the compiled op decides."""
+    w = [t.detach().reshape(2, t.shape[0] // 2, 25).double() for t in weights]
+    halves = torch.stack([v.sum(dim=1) for v in torch._foreach_mul(w, w)])  # (L, 2 halves, 25)
+    inner = spnas_ops.reference.inner_mask(halves.device, halves.dtype).reshape(25)
+    inner_sq, outer_sq = (halves * inner).sum(-1), (halves * (1 - inner)).sum(-1)  # (L, 2)
+    t = thresholds.detach().to(halves.device, torch.float64)
+    z_kernel = outer_sq.sum(-1).sqrt() - t[:, 0]
+    ring = (z_kernel >= 0).double()[:, None]
+    z_keep, z_expand = (inner_sq + ring * outer_sq).sqrt().unbind(-1)
+    return torch.stack([z_kernel, z_expand - t[:, 1], z_keep - t[:, 2]], dim=1)
+
+
 def compared_norms(weight: torch.Tensor, thresholds: torch.Tensor,
                    scale: torch.Tensor | None) -> torch.Tensor:
     """(3,) the norms the op's three indicators compare (the outer ring, then the e6 and e3
@@ -106,9 +128,8 @@ class SuperDepthwiseConv2d(nn.Module):
     def margins(self, thresholds: torch.Tensor | None = None) -> torch.Tensor:
         """(3,) ||.|| - t of the three indicators (no dropout): a decision is on iff >= 0.
         `thresholds` instead of the layer's own: zeros give the norms with every decision on."""
-        from spnas_ops.reference import indicator_margins
         t = self.thresholds if thresholds is None else thresholds
-        return indicator_margins(self.weight.float(), t.float())
+        return indicator_margins([self.weight], t[None])[0]
 
     @torch.no_grad()
     def place_thresholds(self, margin: float) -> None:

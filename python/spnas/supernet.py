@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import ConvBnReLU, Head, SuperMBConv, build_child, decisions_from_margins, make_block
+from .layers import (ConvBnReLU, Head, SuperMBConv, build_child, decisions_from_margins,
+                     indicator_margins, make_block)
 from .space import Architecture, SearchSpace, get_space, op_from_decisions, scale_width
 
 
@@ -88,7 +89,8 @@ class SinglePathSuperNet(nn.Module):
 
     def margins(self) -> torch.Tensor:
         """(num_layers, 3) margins ||.|| - t of every indicator (`SuperDepthwiseConv2d.margins`)."""
-        return torch.stack([b.superkernel.margins() for b in self.searchable])
+        layers = [b.superkernel for b in self.searchable]
+        return indicator_margins([k.weight for k in layers], torch.stack([k.thresholds for k in layers]))
 
     @torch.no_grad()
     def set_margins(self, margins: torch.Tensor) -> None:

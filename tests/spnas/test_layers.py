@@ -232,3 +232,30 @@ def test_supernet_decisions_are_the_ops_own_on_random_thresholds():
         assert torch.equal(net.hard_decisions(net.margins().cpu()), want)  # margins read back once
         assert [b.superkernel.hard_decisions() for b in net.searchable] == [tuple(r) for r in want.tolist()]
     assert not all(b.superkernel.skippable for b in net.searchable)  # both kinds were covered
+
+
+def test_indicator_margins_of_many_layers_match_the_oracle():
+    """`layers.indicator_margins` (every layer at once, what margins() and derive() run) against
+    the oracle's `reference.indicator_margins` layer by layer in fp64, with every decision near
+    its threshold on and off (the kernel decision decides whether the e6/e3 norms hold the
+    ring); and the same bits for a layer alone as within the batch."""
+    from spnas.layers import indicator_margins
+    from spnas_ops.reference import indicator_margins as oracle
+    g = torch.Generator().manual_seed(3)
+    weights, thresholds = [], []
+    for i, c in enumerate((2, 6, 16, 24, 40, 120)):
+        w = torch.randn(c, 1, 5, 5, generator=g) * (0.2 + i)
+        on = torch.ones(3, dtype=torch.float64)
+        norms = oracle(w.double(), torch.zeros(3, dtype=torch.float64))  # every decision on
+        flip = torch.tensor([(i >> k) & 1 for k in range(3)], dtype=torch.bool)
+        thresholds.append((norms * torch.where(flip, 1.02, 0.98) * on).float())
+        weights.append(w)
+    t = torch.stack(thresholds)
+    got = indicator_margins(weights, t)
+    want = torch.stack([oracle(w.double(), ti.double()) for w, ti in zip(weights, t)])
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    patterns = {tuple(r) for r in (got >= 0).tolist()}
+    assert len(patterns) >= 4 and {p[0] for p in patterns} == {True, False}, patterns
+    for i, (w, ti) in enumerate(zip(weights, t)):
+        assert torch.equal(indicator_margins([w], ti[None])[0], got[i])

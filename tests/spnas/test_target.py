@@ -176,19 +176,20 @@ def test_integral_is_dropped_once_it_opposes_the_error():
 
 
 def test_final_decisions_over_budget_give_way_to_the_last_within_it(tmp_path):
-    # the same tiny search at 85 ms ends one flip above its budget (90.9 ms); the result is the
-    # last decisions that met it, set on the final weights, and the checkpoint agrees
+    # the same tiny search at 88 ms ends above its budget (88.6 ms; which budget does is the
+    # trajectory's, so it moves with the arithmetic); the result is the last decisions that met
+    # it, set on the final weights, and the checkpoint agrees
     run = tmp_path / "run"
     cfg = SearchConfig(run_dir=str(run), image_size=8, width_mult=0.5, batch_size=32, epochs=5,
                        dropout_epochs=0.5, steps_per_epoch=32, lr=0.004, log_every=1,
-                       progress=False, target_ms=85.0)
+                       progress=False, target_ms=88.0)
     out = io.StringIO()
     result = run_search(cfg, out=out)
     train = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in train if r["kind"] == "train"]
-    assert train[-1]["latency_ms"] > 85.0  # the final decisions
+    assert train[-1]["latency_ms"] > 88.0  # the final decisions
     # the step that started within budget last: the one after the last logged within it
-    last = max(r["step"] for r in train[:-1] if r["latency_ms"] <= 85.0)
+    last = max(r["step"] for r in train[:-1] if r["latency_ms"] <= 88.0)
     assert f"(step {last}, " in out.getvalue()
     assert result["predicted_ms"] == pytest.approx(next(r["latency_ms"] for r in train if r["step"] == last))
     assert main(["derive", str(run), "--out", str(tmp_path / "derived.json")]) == 0
