@@ -61,32 +61,38 @@ def test_help_imports_no_torch():
     assert done.returncode == 0, "torch or spnas_ops imported by --help"
 
 
-def test_bench_data_prints_its_table():
+def run_benchmark(script: str, *args: str, timeout: int = 120) -> str:
+    """stdout of benchmarks/SCRIPT run with ARGS, which must succeed."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_data.py"), "--images", "300",
-                           "--batch", "16", "--batches", "3", "--steps", "1", "--rounds", "2",
-                           "--threads", "1"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", script), *args],
+                          capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return done.stdout
+
+
+def table_rows(stdout: str) -> list[str]:
+    """The markdown table's lines, header first, without the separator."""
+    return [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+def test_bench_data_prints_its_table():
+    out = run_benchmark("bench_data.py", "--images", "300", "--batch", "16", "--batches", "3",
+                        "--steps", "1", "--rounds", "2", "--threads", "1")
+    rows = table_rows(out)
     assert len(rows) == 6  # header, DataLoader, whole batches, augment, two training steps
     assert rows[1].endswith("| 1.0x |") and "spnas.data.loader" in rows[2]
     assert "all k5_e6" in rows[4] and "all k3_e3" in rows[5]
     # the last line's shares are the table's medians divided out
     ms = {row.split(" | ")[0][2:]: float(row.split(" | ")[1]) for row in rows[1:]}
     feed = ms["spnas.data.loader, whole batches"] + ms["augment flip-crop (channels_last batch)"]
-    last = done.stdout.strip().splitlines()[-1]
+    last = out.strip().splitlines()[-1]
     share = float(re.search(r"is ([0-9.]+)% of the all-k3_e3 step", last).group(1))
     assert abs(share - 100 * feed / ms["training step, mnasnet-small all k3_e3"]) < 0.1, last
 
 
 def test_bench_superkernel_part_prints_its_table():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_superkernel_part.py"),
-                           "--rounds", "2", "--calls", "2", "--threads", "1"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = table_rows(run_benchmark("bench_superkernel_part.py", "--rounds", "2", "--calls", "2",
+                                    "--threads", "1"))
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| 96", "| 144", "| 240", "| 480", "| 1152"]
     for row in rows[1:]:  # the ratio is the two medians divided
         compiled, oracle, ratio = (float(re.match(r"[0-9.]+", cell.strip()).group())
@@ -95,12 +101,9 @@ def test_bench_superkernel_part_prints_its_table():
 
 
 def test_bench_search_step_times_the_real_loop():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_search_step.py"),
-                           "--epochs", "2", "--dropout-epochs", "1", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    line = done.stdout.strip().splitlines()[-1]
+    out = run_benchmark("bench_search_step.py", "--epochs", "2", "--dropout-epochs", "1",
+                        "--threads", "1", timeout=300)
+    line = out.strip().splitlines()[-1]
     m = re.match(r"search iteration: median ([0-9.]+) ms \(p10-p90 ([0-9.]+)-([0-9.]+)\) over (\d+) of (\d+) steps", line)
     assert m, line
     median, p10, p90, timed, steps = (float(v) for v in m.groups())
