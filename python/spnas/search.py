@@ -94,9 +94,9 @@ def clamp_thresholds(net: SinglePathSuperNet, reach: float) -> None:
     the norms the expand and keep indicators compare by the outer ring's share (64 % of the
     taps), to margins of -5 to -13 (sigmoid' < 1e-2..1e-5): a layer that went off could not come
     back when the search is under budget. With the clamp it can, at sigmoid'(reach)."""
-    for b, m in zip(net.searchable, net.margins()):
-        t = b.superkernel.thresholds
-        t.sub_(torch.clamp(-reach - m, min=0).to(t.device, t.dtype))
+    thresholds = net.thresholds()
+    lowered = torch.clamp(-reach - net.margins(), min=0).to(thresholds[0].dtype)
+    torch._foreach_sub_(thresholds, list(lowered.unbind(0)))  # every layer in one op
 
 
 class LambdaController:
