@@ -14,6 +14,7 @@ and the ratio of the medians, all from this one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -24,23 +25,30 @@ from spnas_ops import triton_op
 STAGE_CHANNELS = (96, 144, 240, 480, 1152)  # the depthwise widths at 112, 56, 28, 14 and 7 px
 
 
-def one_call(device: torch.device, channels: int, compiled: bool):
+def one_call(device: torch.device, channels: int):
+    """What the Triton op's forward and backward do around their kernels, for one layer."""
     g = torch.Generator().manual_seed(channels)
     weight = (0.3 * torch.randn(channels, 1, 5, 5, generator=g)).to(device)
     thresholds, scale = torch.full((3,), 0.5, device=device), torch.ones(3, device=device)
     grad_w_eff = torch.randn(channels, 1, 5, 5, generator=g).to(device)
     grad_d = torch.randn(3, generator=g).to(device)
-    real = triton_op._compiled_superkernel
 
     def run():
-        triton_op._compiled_superkernel = lambda _: compiled
-        try:  # what the Triton op's forward and backward do around their kernels
-            triton_op.superkernel_weight(weight, thresholds, scale, True)
-            _, pullback = triton_op.superkernel_vjp(weight, thresholds, scale, True)
-            pullback(grad_w_eff, grad_d)
-        finally:
-            triton_op._compiled_superkernel = real
+        triton_op.superkernel_weight(weight, thresholds, scale, True)
+        _, pullback = triton_op.superkernel_vjp(weight, thresholds, scale, True)
+        pullback(grad_w_eff, grad_d)
     return run
+
+
+@contextlib.contextmanager
+def way(compiled: bool):
+    """The Triton op's (C, 25) part the compiled way or the oracle's, while inside."""
+    real = triton_op._compiled_superkernel
+    triton_op._compiled_superkernel = lambda _: compiled
+    try:
+        yield
+    finally:
+        triton_op._compiled_superkernel = real
 
 
 def per_call_us(run, calls: int, device: torch.device) -> float:
@@ -73,13 +81,15 @@ def main(argv=None) -> int:
     print("| C | compiled ops us (p10-p90) | oracle + torch.func.vjp us (p10-p90) | ratio |")
     print("|---:|---:|---:|---:|")
     for channels in STAGE_CHANNELS:
-        ways = {compiled: one_call(device, channels, compiled) for compiled in (True, False)}
-        for run in ways.values():
-            run()  # warm-up
-        times = {compiled: [] for compiled in ways}
+        run = one_call(device, channels)
+        times = {True: [], False: []}  # compiled: per-call us of each round
+        for compiled in times:
+            with way(compiled):
+                run()  # warm-up
         for _ in range(args.rounds):
-            for compiled, run in ways.items():
-                times[compiled].append(per_call_us(run, args.calls, device))
+            for compiled in times:
+                with way(compiled):
+                    times[compiled].append(per_call_us(run, args.calls, device))
         cells = []
         for compiled in (True, False):
             ts = sorted(times[compiled])

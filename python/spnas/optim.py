@@ -57,12 +57,15 @@ def add_weight_decay(params: list[torch.Tensor], weight_decay: float) -> None:
     bound by the host's dispatching (docs/gpu.md). Call it after any gradient all-reduce: the
     term is the same on every rank."""
     with torch.no_grad():
-        have = [p for p in params if p.grad is not None]
-        if have:
-            torch._foreach_add_([p.grad for p in have], have, alpha=weight_decay)
+        have, grads = [], []
         for p in params:
             if p.grad is None:  # unused this step: its gradient is the term's alone
                 p.grad = weight_decay * p.detach()
+            else:
+                have.append(p)
+                grads.append(p.grad)
+        if have:
+            torch._foreach_add_(grads, have, alpha=weight_decay)
 
 
 @torch.no_grad()
