@@ -14,7 +14,6 @@ Rounds interleave the two loaders; the table gives the median ms per batch, the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from spnas import Architecture, data
 from spnas.layers import build_child
 from spnas.optim import RMSpropTF
+from spnas.bench import parse_script_args, script_parser
 
 
 def per_batch_ms(make_batches, count: int) -> float:
@@ -50,18 +50,14 @@ def training_steps(op: str, x: torch.Tensor, y: torch.Tensor, count: int):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--images", type=int, default=48_000)
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--batches", type=int, default=40, help="batches timed per round")
     p.add_argument("--steps", type=int, default=4, help="training steps timed per round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_script_args(p, argv)
     g = torch.Generator().manual_seed(0)
     dataset = data.ArrayImages(
         torch.randint(0, 256, (args.images, 1, args.size, args.size), generator=g, dtype=torch.uint8),

@@ -12,7 +12,6 @@ on each, interleaved, and reading the ratio of the medians.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -22,20 +21,17 @@ import torch
 import spnas.loop
 from spnas.config import SearchConfig
 from spnas.search import run_search
+from spnas.bench import parse_script_args, script_parser
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--data", help="as spnas search --data (default: the built-in digits)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--dropout-epochs", type=float, default=2)
     p.add_argument("--target-ms", type=float, help="a latency budget (the controller's per-step read-back)")
     p.add_argument("--no-progress", action="store_true", help="without the progress bar")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_script_args(p, argv)
     cfg = SearchConfig(data=args.data, epochs=args.epochs, dropout_epochs=args.dropout_epochs,
                        target_ms=args.target_ms, progress=not args.no_progress,
                        run_dir=tempfile.mkdtemp(prefix="bench_search_step-") + "/run")

@@ -13,7 +13,6 @@ and the ratio of the medians, all from this one run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
@@ -21,6 +20,7 @@ import time
 import torch
 
 from spnas_ops import triton_op
+from spnas.bench import parse_script_args, script_parser
 
 STAGE_CHANNELS = (96, 144, 240, 480, 1152)  # the depthwise widths at 112, 56, 28, 14 and 7 px
 
@@ -63,15 +63,11 @@ def per_call_us(run, calls: int, device: torch.device) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--device", default="cpu")
     p.add_argument("--calls", type=int, default=50, help="calls timed per round")
     p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_script_args(p, argv)
     device = torch.device(args.device)
     if not triton_op._compiled_superkernel(device):
         raise SystemExit(f"bench_superkernel_part: the compiled library has no {device.type} "

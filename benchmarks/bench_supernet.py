@@ -27,7 +27,6 @@ from the slower of the loop and the loader.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -46,6 +45,7 @@ from spnas.optim import EMA, RMSpropTF, add_weight_decay
 from spnas.runs import decay_parameters
 from spnas.runtime import RuntimeModel
 from spnas.space import SPNASNET_100
+from spnas.bench import parse_script_args, script_parser
 
 IMAGENET_IMAGES = 1_281_167
 SEARCH_EPOCHS = 8
@@ -258,9 +258,7 @@ def eager_step_s(report, row) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--batch", type=int, default=32, help="images per step (default 32)")
     p.add_argument("--image-size", type=int, default=224)
@@ -281,11 +279,10 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true",
                    help="also time the fused supernet under torch.compile (its first step, "
                         "compile included, is reported apart)")
-    p.add_argument("--threads", type=int, help="torch threads on the CPU (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
                    help="a dry run: batch 2, 64 px, 1 repeat, 3 search steps, 64 loader images")
     p.add_argument("--out", help="JSON results file (default: $OUT/bench_supernet.json when OUT is set)")
-    args = p.parse_args(argv)
+    args = parse_script_args(p, argv)
     if args.quick:
         args.batch, args.image_size, args.repeats, args.warmup = 2, 64, 1, 1
         args.search_steps, args.profile_steps, args.loader_images = 3, 1, 64
@@ -300,8 +297,6 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its algorithms
     out_path = args.out or (os.path.join(os.environ["OUT"], "bench_supernet.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import json
@@ -23,6 +24,27 @@ from .errors import SpnasError
 STAGE_SHAPES = [(32, 96, 112, 2), (32, 144, 56, 1), (32, 240, 28, 1), (32, 480, 14, 1),
                 (32, 1152, 7, 1)]
 CONTENDERS = ("ours", "reference", "conv2d")
+
+
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a script under benchmarks/: `doc`'s first paragraph as its description, the
+    rest as written after the options, and --threads (the torch threads a run uses;
+    `parse_script_args` applies it)."""
+    description, _, rest = doc.partition("\n\n")
+    p = argparse.ArgumentParser(description=description, epilog=rest or None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, help="torch threads on the CPU (default: torch's)")
+    return p
+
+
+def parse_script_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`p`'s arguments, with --threads (if given) already in effect."""
+    args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def keep_heap_mapped() -> bool:

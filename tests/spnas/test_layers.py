@@ -245,10 +245,9 @@ def test_indicator_margins_of_many_layers_match_the_oracle():
     weights, thresholds = [], []
     for i, c in enumerate((2, 6, 16, 24, 40, 120)):
         w = torch.randn(c, 1, 5, 5, generator=g) * (0.2 + i)
-        on = torch.ones(3, dtype=torch.float64)
         norms = oracle(w.double(), torch.zeros(3, dtype=torch.float64))  # every decision on
         flip = torch.tensor([(i >> k) & 1 for k in range(3)], dtype=torch.bool)
-        thresholds.append((norms * torch.where(flip, 1.02, 0.98) * on).float())
+        thresholds.append((norms * torch.where(flip, 1.02, 0.98)).float())
         weights.append(w)
     t = torch.stack(thresholds)
     got = indicator_margins(weights, t)
